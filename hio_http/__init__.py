@@ -1,0 +1,13 @@
+"""hio_http: a cooperative, nonblocking WSGI HTTP/1.1 server on a doer scheduler."""
+
+from .doing import DoDoer, Doer, Doist, doify, doize
+from .polling import Poller, poller_of
+from .timing import Tymee, Tymer, Tymist
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DoDoer", "Doer", "Doist", "doify", "doize",
+    "Poller", "poller_of",
+    "Tymee", "Tymer", "Tymist",
+]

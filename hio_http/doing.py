@@ -1,0 +1,413 @@
+"""Cooperative scheduling: `Doer`s do a little nonblocking work per turn; a `Doist` runs them.
+
+The protocol is ioflo/hio's, so doers move freely between this Doist and hio's. Calling a doer as
+`doer(tymth=..., tock=..., **opts)` returns a generator ("dog"): the first `send(None)` enters,
+each `send(tyme)` recurs and yields the next tock, the return value becomes `doer.done`.
+Nothing here may block, except the Doist's own wait for the next tick or for I/O.
+"""
+
+# Theory of operation
+# -------------------
+# A deed is (dog, retyme, doer). A *pass* runs, once each and in order, every deed that is due:
+# a dog that yielded a falsy tock ("as soon as possible") is due on the very next pass; one that
+# yielded a positive tock is due once tyme reaches retyme, kept cumulatively so it never drifts.
+#
+# Simulated mode (real=False): a pass per tick, tyme advances one tock per pass, nothing sleeps,
+# and every run is deterministic. Ready sockets are dispatched (poll with zero timeout) before
+# each pass.
+#
+# Real mode (real=True): tyme follows the monotonic clock (seconds since enter, plus the starting
+# tyme), so a pass woken early sees the true time rather than a multiple of tock. Between passes
+# the Doist waits in its Poller until the next tick is due, a timed deed is due, or a registered
+# socket is ready, whichever comes first; the Poller runs the ready sockets' callbacks and the
+# next pass follows at once. So I/O costs no tock of latency and an idle Doist sleeps.
+#
+# The Poller reaches doers through the tymth: a Doist's tymth carries it as `tymth.poller`, and
+# DoDoers hand their tymth down, so every doer under a Doist can find it (see polling.poller_of).
+
+from __future__ import annotations
+
+import inspect
+import time
+import types
+from collections import deque
+from typing import Any, Callable, Iterable, Optional
+
+from .polling import Poller
+from .timing import Tymee, Tymist, Tymth
+
+__all__ = ["Doer", "DoDoer", "Doist", "doify", "doize"]
+
+
+def _set_done(doer, done) -> None:
+    """Record a doer's completion; bound generator methods keep it on their function."""
+    try:
+        doer.done = done
+    except AttributeError:
+        doer.__func__.done = done
+
+
+class _Deeds:
+    """The running dogs of a Doist or DoDoer, in order: enter, pass, extend, remove, exit."""
+
+    def __init__(self):
+        self._deeds: deque = deque()
+
+    def __len__(self) -> int:
+        return len(self._deeds)
+
+    def __iter__(self):
+        return iter(self._deeds)
+
+    def enter(self, doers: Iterable, tymth: Tymth, tyme: float, temp=None) -> None:
+        """Create each doer's dog, run its enter context, and queue it due at once."""
+        for doer in doers:
+            _set_done(doer, None)
+            opts = dict(getattr(doer, "opts", {}) or {})
+            if temp is not None:
+                opts.setdefault("temp", temp)
+            dog = doer(tymth=tymth, tock=getattr(doer, "tock", 0.0), **opts)
+            try:
+                next(dog)
+            except StopIteration as ex:
+                _set_done(doer, ex.value if ex.value else False)
+                continue
+            self._deeds.append((dog, tyme, doer))
+
+    def run(self, tyme: float) -> None:
+        """One pass: send tyme to every due dog, once, and reschedule it by the tock it yields.
+
+        A dog that raises is already dropped, so the exception leaves the others intact for exit.
+        """
+        deeds = self._deeds
+        for _ in range(len(deeds)):
+            dog, retyme, doer = deeds.popleft()
+            if retyme is not None and retyme > tyme:
+                deeds.append((dog, retyme, doer))
+                continue
+            try:
+                tock = dog.send(tyme)
+            except StopIteration as ex:
+                _set_done(doer, ex.value if ex.value else False)
+                continue
+            if tock:
+                retyme = (tyme if retyme is None else retyme) + tock
+            else:
+                retyme = None  # as soon as possible: the next pass
+            deeds.append((dog, retyme, doer))
+
+    def next_due(self) -> tuple[bool, Optional[float]]:
+        """(whether some dog runs every pass, earliest retyme of the timed ones)."""
+        asap = False
+        earliest = None
+        for _, retyme, _ in self._deeds:
+            if retyme is None:
+                asap = True
+            elif earliest is None or retyme < earliest:
+                earliest = retyme
+        return asap, earliest
+
+    def remove(self, doers: Iterable) -> None:
+        """Close the dogs of `doers`, leaving the rest in order."""
+        doers = list(doers)
+        kept, removed = deque(), deque()
+        for deed in self._deeds:
+            (removed if any(deed[2] is doer for doer in doers) else kept).append(deed)
+        self._deeds = kept
+        self._close(removed)
+
+    def exit(self) -> None:
+        """Close every remaining dog, newest first, so exits nest inside enters."""
+        deeds, self._deeds = self._deeds, deque()
+        self._close(deeds)
+
+    @staticmethod
+    def _close(deeds: deque) -> None:
+        while deeds:
+            dog, _, doer = deeds.pop()
+            dog.close()  # GeneratorExit: the dog runs its cease and exit contexts
+            _set_done(doer, False)
+
+
+class Doer(Tymee):
+    """Base of doers: override the context methods `enter`, `recur`, `clean`, `exit`,
+    `cease` (forced close) and `abort` (exception). `recur` may be a generator method.
+
+    Attributes:
+        done: None before entering, then False until completed; True when completed normally.
+        tock: seconds wanted between turns; 0 means as soon as possible (every pass).
+        opts: options injected into `do` by the scheduler.
+        temp: scheduler-injected flag for temporary resources (hio convention).
+    """
+
+    def __init__(self, *, tymth: Optional[Tymth] = None, tock: float = 0.0, temp=None, **opts):
+        super().__init__(tymth=tymth)
+        self.done: Optional[bool] = None
+        self.tock = tock
+        self.temp = temp
+        self.opts = opts
+
+    @property
+    def tock(self) -> float:
+        return self._tock
+
+    @tock.setter
+    def tock(self, tock: float) -> None:
+        self._tock = abs(float(tock))
+
+    def __call__(self, **kwa):
+        """Return this doer's generator; it is not entered until the first send(None)."""
+        return self.do(**kwa)
+
+    def do(self, tymth: Tymth, *, tock: float = 0.0, temp=None, **opts):
+        """The generator the scheduler runs: enter, recur until done, then clean/cease/abort, exit."""
+        try:
+            self.wind(tymth)
+            self.tock = tock
+            if temp is not None:
+                self.temp = temp
+            self.done = False
+            self.enter()
+            if inspect.isgeneratorfunction(self.recur):
+                self.done = yield from self.recur()
+            else:
+                while not self.done:
+                    tyme = yield self.tock
+                    self.done = self.recur(tyme=tyme)
+        except GeneratorExit:
+            self.cease()
+        except Exception as ex:
+            self.abort(ex=ex)
+            raise
+        else:
+            self.clean()
+        finally:
+            self.exit()
+        return self.done
+
+    def enter(self) -> None:
+        """Set up resources before the first turn."""
+
+    def recur(self, tyme: float) -> bool:
+        """One turn of work; return True when done."""
+        return False
+
+    def clean(self) -> None:
+        """Tidy up after completing normally (before exit)."""
+
+    def exit(self) -> None:
+        """Release resources; always runs last, however the doer ended."""
+
+    def cease(self) -> None:
+        """Forced close by the scheduler (before exit)."""
+
+    def abort(self, ex: Exception) -> None:
+        """An exception ended the doer (before exit); the exception propagates afterwards."""
+
+
+class DoDoer(Doer):
+    """A doer that runs doers: a Doist in miniature on its parent's tymth.
+
+    With `always` it keeps running when its doers are all done, so doers can be added later.
+    """
+
+    def __init__(self, doers: Optional[Iterable] = None, always: bool = False, **kwa):
+        super().__init__(**kwa)
+        self.doers: list = list(doers) if doers is not None else []
+        self.always = always
+        self.deeds = _Deeds()
+
+    def do(self, tymth: Tymth, *, tock: float = 0.0, temp=None, doers=None, always=None, **opts):
+        if doers is not None:
+            self.doers = list(doers)
+        always = self.always if always is None else always
+        try:
+            self.wind(tymth)
+            self.tock = tock
+            if temp is not None:
+                self.temp = temp
+            self.done = False
+            self.enter()
+            while not self.done or always:
+                tyme = yield self.tock
+                self.done = self.recur(tyme=tyme)
+        except GeneratorExit:
+            self.cease()
+        except Exception as ex:
+            self.abort(ex=ex)
+            raise
+        else:
+            self.clean()
+        finally:
+            self.exit()
+        return self.done
+
+    def enter(self) -> None:
+        self.deeds = _Deeds()
+        self.deeds.enter(self.doers, self.tymth, self.tyme, self.temp)
+
+    def recur(self, tyme: float) -> bool:
+        self.deeds.run(tyme)
+        return not self.deeds
+
+    def exit(self) -> None:
+        self.deeds.exit()
+
+    def extend(self, doers: Iterable) -> None:
+        """Add doers while running: each enters now and runs from the next turn."""
+        doers = [doer for doer in doers if doer not in self.doers]
+        self.deeds.enter(doers, self.tymth, self.tyme, self.temp)
+        self.doers.extend(doers)
+
+    def remove(self, doers: Iterable) -> None:
+        """Close and drop doers while running."""
+        doers = [doer for doer in doers if doer in self.doers]
+        self.deeds.remove(doers)
+        for doer in doers:
+            self.doers.remove(doer)
+
+
+class Doist(Tymist):
+    """The root scheduler: runs its doers, in order, every pass until they finish or time runs out.
+
+    Parameters:
+        tock: seconds per tick (real mode: the longest a doer that runs every pass waits).
+        real: follow the monotonic clock and wait for ticks and I/O; else simulate, never sleeping.
+        limit: stop after this much tyme (None: run until every doer is done).
+        doers: the doers to run.
+        tyme: the starting tyme.
+        temp: passed to every doer as `temp=` when not None.
+    """
+
+    def __init__(self, tock: Optional[float] = None, real: bool = False,
+                 limit: Optional[float] = None, doers: Optional[Iterable] = None,
+                 tyme: float = 0.0, temp=None):
+        super().__init__(tyme=tyme, tock=tock)
+        self.real = bool(real)
+        self.limit = abs(float(limit)) if limit is not None else None
+        self.doers: list = list(doers) if doers is not None else []
+        self.temp = temp
+        self.done: Optional[bool] = None
+        self.deeds = _Deeds()
+        self.poller = Poller()
+        self._origin = 0.0  # monotonic clock reading at tyme zero (real mode)
+        self._next_tick = 0.0
+
+    def tymen(self) -> Tymth:
+        """A tymth that also carries this Doist's Poller, for doers that wait on sockets."""
+        tymth = super().tymen()
+        tymth.poller = self.poller
+        return tymth
+
+    def do(self, doers: Optional[Iterable] = None, limit: Optional[float] = None,
+           tyme: Optional[float] = None) -> None:
+        """Run until every doer is done, `limit` tyme has passed, or KeyboardInterrupt.
+
+        Every doer still running is exited on the way out, whatever ended the run.
+        """
+        if doers is not None:
+            self.doers = list(doers)
+        if limit is not None:
+            self.limit = abs(float(limit))
+        if tyme is not None:
+            self.tyme = tyme
+        self.done = False
+        try:
+            self.enter()
+            start = self.tyme
+            while True:
+                try:
+                    if self.real:
+                        self._pass()
+                    else:
+                        self.recur()
+                    if not self.deeds:
+                        self.done = True
+                        break
+                    if self.limit is not None and self.tyme - start >= self.limit:
+                        break
+                    if self.real:
+                        self._wait()
+                except KeyboardInterrupt:
+                    break
+        finally:
+            self.exit()
+
+    def enter(self, doers: Optional[Iterable] = None) -> None:
+        """Enter `doers` (default: all of `.doers`); in real mode, start following the clock."""
+        if self.real:
+            self._origin = time.monotonic() - self.tyme
+            self._next_tick = self.tyme + self.tock
+        self.deeds.enter(self.doers if doers is None else doers, self.tymen(), self.tyme,
+                         self.temp)
+
+    def recur(self) -> None:
+        """One step by hand: dispatch ready sockets, run one pass, advance tyme."""
+        self.poller.poll(0)
+        self._pass()
+
+    def exit(self) -> None:
+        """Close every doer still running, newest first."""
+        self.deeds.exit()
+
+    def extend(self, doers: Iterable) -> None:
+        """Add doers while running: each enters now and runs from the next pass."""
+        doers = [doer for doer in doers if doer not in self.doers]
+        self.deeds.enter(doers, self.tymen(), self.tyme, self.temp)
+        self.doers.extend(doers)
+
+    def remove(self, doers: Iterable) -> None:
+        """Close and drop doers while running."""
+        doers = [doer for doer in doers if doer in self.doers]
+        self.deeds.remove(doers)
+        for doer in doers:
+            self.doers.remove(doer)
+
+    def _pass(self) -> None:
+        if not self.real:
+            self.deeds.run(self.tyme)
+            self.tick()
+            return
+        self.tyme = time.monotonic() - self._origin
+        self.deeds.run(self.tyme)
+        if self.tyme >= self._next_tick:
+            self._next_tick += self.tock
+            if self._next_tick <= self.tyme:  # fell behind: start a fresh grid of ticks
+                self._next_tick = self.tyme + self.tock
+
+    def _wait(self) -> None:
+        """Sleep in the Poller until the next tick, the next timed deed, or ready I/O."""
+        asap, earliest = self.deeds.next_due()
+        wake = self._next_tick if asap else None
+        if earliest is not None and (wake is None or earliest < wake):
+            wake = earliest
+        timeout = None if wake is None else wake - (time.monotonic() - self._origin)
+        self.poller.poll(timeout)
+
+
+def doify(f: Callable, *, name: Optional[str] = None, tock: float = 0.0, **opts) -> Callable:
+    """Return a copy of generator function `f` carrying its own `done`, `tock` and `opts`.
+
+    Each call makes a separate copy, so one generator function can serve as several doers.
+    """
+    function = f.__func__ if inspect.ismethod(f) else f
+    g = types.FunctionType(function.__code__, function.__globals__, name or function.__name__,
+                           function.__defaults__, function.__closure__)
+    g.__kwdefaults__ = function.__kwdefaults__
+    g.__dict__.update(function.__dict__)
+    g.done = None
+    g.tock = tock
+    g.opts = dict(opts)
+    if inspect.ismethod(f):
+        g = types.MethodType(g, f.__self__)
+    return g
+
+
+def doize(*, tock: float = 0.0, **opts) -> Callable[[Callable], Callable]:
+    """Decorator form of `doify` for a generator function used as a single doer."""
+    def decorator(f: Callable) -> Callable:
+        f.done = None
+        f.tock = tock
+        f.opts = dict(opts)
+        return f
+    return decorator

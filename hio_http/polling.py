@@ -1,0 +1,77 @@
+"""Readiness of sockets: a `Poller` wraps a selector and runs a callback for each ready file.
+
+A `Doist` owns one Poller and waits in it between ticks, so it wakes the moment a registered
+socket is ready. A Poller never reads or writes a socket itself; its callbacks do that work.
+"""
+
+from __future__ import annotations
+
+import selectors
+from typing import Callable, Optional
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+Callback = Callable[[int], None]  # called with the ready event mask (READ | WRITE)
+
+
+def _ignore(mask: int) -> None:
+    """The callback of a file registered only to wake the loop."""
+
+
+class Poller:
+    """Registers files for READ/WRITE readiness and dispatches callbacks when they are ready."""
+
+    def __init__(self):
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
+        """Watch `fileobj` for `events`; call `callback(mask)` when ready.
+
+        Without a callback the file only wakes the loop, so that the doers waiting on it run.
+        """
+        self._selector.register(fileobj, events, callback or _ignore)
+
+    def modify(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
+        """Change the events (and optionally the callback) of a registered file."""
+        if callback is None:
+            callback = self._selector.get_key(fileobj).data
+        self._selector.modify(fileobj, events, callback)
+
+    def unregister(self, fileobj) -> None:
+        """Stop watching `fileobj`; a file that is not registered is ignored."""
+        try:
+            self._selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def registered(self, fileobj) -> bool:
+        try:
+            self._selector.get_key(fileobj)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._selector.get_map())
+
+    def poll(self, timeout: Optional[float] = 0.0) -> int:
+        """Wait up to `timeout` seconds (None: forever, 0: not at all), dispatch, return the count.
+
+        With nothing registered the wait still lasts the timeout (epoll, kqueue and poll sleep),
+        so a Doist can always wait here instead of in `time.sleep`.
+        """
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
+        events = self._selector.select(timeout)
+        for key, mask in events:
+            key.data(mask)
+        return len(events)
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def poller_of(tymth) -> Optional[Poller]:
+    """The Poller of the Doist whose tymth this is, or None under a scheduler without one."""
+    return getattr(tymth, "poller", None)
