@@ -48,16 +48,23 @@ def _set_done(doer, done) -> None:
 
 
 class _Deeds:
-    """The running dogs of a Doist or DoDoer, in order: enter, pass, extend, remove, exit."""
+    """The running dogs of a Doist or DoDoer, in order: enter, pass, extend, remove, exit.
+
+    Doers may extend or remove doers from inside their own turn: a pass runs over the deeds it
+    started with, newcomers wait for the next pass, and a doer removed mid-turn is closed as
+    soon as its turn returns (a generator cannot be closed while it runs).
+    """
 
     def __init__(self):
         self._deeds: deque = deque()
+        self._running: deque = deque()  # the rest of the pass under way
+        self._dropped: list = []  # doers removed while their own turn was running
 
     def __len__(self) -> int:
-        return len(self._deeds)
+        return len(self._deeds) + len(self._running)
 
     def __iter__(self):
-        return iter(self._deeds)
+        return iter(list(self._running) + list(self._deeds))
 
     def enter(self, doers: Iterable, tymth: Tymth, tyme: float, temp=None) -> None:
         """Create each doer's dog, run its enter context, and queue it due at once."""
@@ -79,9 +86,10 @@ class _Deeds:
 
         A dog that raises is already dropped, so the exception leaves the others intact for exit.
         """
-        deeds = self._deeds
-        for _ in range(len(deeds)):
-            dog, retyme, doer = deeds.popleft()
+        self._running, self._deeds = self._deeds, deque()
+        running, deeds = self._running, self._deeds
+        while running:
+            dog, retyme, doer = running.popleft()
             if retyme is not None and retyme > tyme:
                 deeds.append((dog, retyme, doer))
                 continue
@@ -89,6 +97,10 @@ class _Deeds:
                 tock = dog.send(tyme)
             except StopIteration as ex:
                 _set_done(doer, ex.value if ex.value else False)
+                continue
+            if self._dropped and any(doer is gone for gone in self._dropped):
+                self._dropped = [gone for gone in self._dropped if gone is not doer]
+                self._close(deque([(dog, retyme, doer)]))
                 continue
             if tock:
                 retyme = (tyme if retyme is None else retyme) + tock
@@ -110,15 +122,22 @@ class _Deeds:
     def remove(self, doers: Iterable) -> None:
         """Close the dogs of `doers`, leaving the rest in order."""
         doers = list(doers)
-        kept, removed = deque(), deque()
-        for deed in self._deeds:
-            (removed if any(deed[2] is doer for doer in doers) else kept).append(deed)
-        self._deeds = kept
+        removed = deque()
+        for queue in (self._running, self._deeds):
+            kept = [deed for deed in queue if not any(deed[2] is doer for doer in doers)]
+            removed.extend(deed for deed in queue if any(deed[2] is doer for doer in doers))
+            queue.clear()
+            queue.extend(kept)
+        found = [deed[2] for deed in removed]
+        self._dropped += [doer for doer in doers if not any(doer is f for f in found)]
         self._close(removed)
 
     def exit(self) -> None:
         """Close every remaining dog, newest first, so exits nest inside enters."""
-        deeds, self._deeds = self._deeds, deque()
+        deeds = deque(self._running)
+        deeds.extend(self._deeds)
+        self._running.clear()
+        self._deeds.clear()
         self._close(deeds)
 
     @staticmethod

@@ -68,6 +68,11 @@ class Poller:
             key.data(mask)
         return len(events)
 
+    def fileno(self) -> int:
+        """The selector's own descriptor: readable when a registered file is ready, so a
+        Poller can be nested in another Poller (epoll and kqueue selectors)."""
+        return self._selector.fileno()
+
     def close(self) -> None:
         self._selector.close()
 

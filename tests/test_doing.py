@@ -310,3 +310,24 @@ def test_temp_is_injected_when_given():
     Doist(tock=0.1, doers=[TempDoer()], temp=True).do(limit=0.1)
     Doist(tock=0.1, doers=[TempDoer()]).do(limit=0.1)
     assert seen == [True, None]
+
+
+def test_doer_can_remove_itself_and_others_during_its_turn():
+    log = []
+    victim = Recorder("victim", log)
+    later = Recorder("later", log)
+
+    class Stopper(Doer):
+        def recur(self, tyme):
+            if tyme >= 0.2:
+                doist.remove([self, victim, later])
+            return False
+
+    stopper = Stopper()
+    doist = Doist(tock=0.1, doers=[victim, stopper, later])
+    doist.do(limit=5)
+    assert doist.done is True  # everyone gone: the run ends by itself
+    assert doist.tyme == pytest.approx(0.3)
+    assert contexts(log, "victim") == ["enter", "recur", "recur", "recur", "cease", "exit"]
+    assert contexts(log, "later") == ["enter", "recur", "recur", "cease", "exit"]
+    assert stopper.done is False
