@@ -1,0 +1,314 @@
+"""Nonblocking sockets on a Poller: `Acceptor` (listening, TCP/IPv6/unix, optional TLS) and
+`Connection` (one accepted socket with a bounded receive and a partial-send buffer).
+
+No HTTP here, and nothing blocks: every socket call is made when the Poller says it can proceed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import ssl
+from collections import deque
+from typing import Callable, Optional, Union
+
+from .polling import READ, WRITE, Poller
+
+logger = logging.getLogger("hio_http.net")
+
+Address = Union[tuple, str]  # (host, port) or a unix socket path
+
+RECEIVE_SIZE = 256 * 1024  # bytes asked of recv at once: large uploads need few calls
+ACCEPTS_PER_WAKE = 64  # bound the accept loop so one busy listener cannot starve the others
+
+# Errors that mean the peer is gone: the connection closes quietly, nobody else is affected.
+GONE = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
+
+
+def is_unix(address: Address) -> bool:
+    return isinstance(address, (str, bytes, os.PathLike))
+
+
+def listen(address: Address, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
+    """Open a nonblocking listening socket on (host, port) or a unix path."""
+    if is_unix(address):
+        path = os.fspath(address)
+        if os.path.exists(path) and _is_stale_unix_socket(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = path
+    else:
+        host, port = address
+        family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        target = (host.strip("[]") if host else "", port)
+    try:
+        sock.bind(target)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def _is_stale_unix_socket(path: str) -> bool:
+    """A leftover socket file nobody listens on may be replaced; a live one must not be."""
+    import stat
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by another server")
+
+
+class Acceptor:
+    """A listening socket that hands each accepted connection to `on_accept(sock, peer)`."""
+
+    def __init__(self, address: Address, poller: Poller,
+                 on_accept: Callable[[socket.socket, object], None],
+                 backlog: int = 1024, reuse_port: bool = False):
+        self.poller = poller
+        self.on_accept = on_accept
+        self.sock = listen(address, backlog=backlog, reuse_port=reuse_port)
+        self.address = self.sock.getsockname()
+        self.unix = self.sock.family == socket.AF_UNIX
+        self.accepting = False
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop accepting: new connections wait in the kernel's backlog."""
+        if self.accepting:
+            self.poller.unregister(self.sock)
+            self.accepting = False
+
+    def resume(self) -> None:
+        if not self.accepting and self.sock.fileno() >= 0:
+            self.poller.register(self.sock, READ, self._ready)
+            self.accepting = True
+
+    def _ready(self, mask: int) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as ex:  # EMFILE, ECONNABORTED...: log and try again on the next wake
+                logger.warning("accept failed on %s: %s", self.address, ex)
+                return
+            sock.setblocking(False)
+            if not self.unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.on_accept(sock, peer)
+            if not self.accepting:  # the handler paused us (connection limit reached)
+                return
+
+    def close(self) -> None:
+        self.pause()
+        path = self.address if self.unix else None
+        self.sock.close()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+class Connection:
+    """An accepted socket serviced by readiness.
+
+    The handler receives `received(data)`, `ended()` (the peer sent EOF: it may still read our
+    answer), `drained()` (everything queued has been sent), `closed()`, and for TLS
+    `connected()` once the handshake is done. Sending never blocks: what the socket does not take now waits in the send
+    buffer, and `pending` tells its size so producers can stop at a high-water mark.
+    TLS sockets (already wrapped, handshake not done) finish their handshake here first.
+    """
+
+    def __init__(self, sock: socket.socket, peer, poller: Poller, handler):
+        self.sock = sock
+        self.peer = peer
+        self.poller = poller
+        self.handler = handler
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.handshaking = self.tls
+        self.reading = True
+        self.closed = False
+        self.pending = 0  # bytes waiting in the send buffer
+        self._chunks: deque = deque()
+        self._events = READ
+        self._close_when_drained = False
+        poller.register(sock, READ, self._ready)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, data) -> None:
+        """Send `data` now as far as the socket takes it; queue the rest."""
+        if self.closed or not data:
+            return
+        if not self._chunks and not self.handshaking:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            except GONE as ex:
+                self._lost(ex)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._chunks.append(data)
+        self.pending += len(data)
+        self._want(self._events | WRITE)
+
+    def close_when_drained(self) -> None:
+        """Close once everything queued has been sent (or at once if nothing is)."""
+        self.pause_reading()
+        if self.pending:
+            self._close_when_drained = True
+        else:
+            self.close()
+
+    def _flush(self) -> None:
+        while self._chunks:
+            chunk = self._chunks[0]
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return
+            except GONE as ex:
+                self._lost(ex)
+                return
+            self.pending -= sent
+            if sent < len(chunk):
+                self._chunks[0] = memoryview(chunk)[sent:]
+                return
+            self._chunks.popleft()
+        self._want(self._events & ~WRITE)
+        if self._close_when_drained:
+            self.close()
+        else:
+            self.handler.drained()
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self._want(self._events & ~READ)
+
+    def resume_reading(self) -> None:
+        if not self.closed and not self._close_when_drained:
+            self.reading = True
+            self._want(self._events | READ)
+
+    def _receive(self) -> None:
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except GONE as ex:
+            self._lost(ex)
+            return
+        if not data:
+            self._ended()
+            return
+        self.handler.received(data)
+        # TLS may hold decrypted bytes that the selector cannot see: drain them now.
+        while self.tls and self.reading and not self.closed and self.sock.pending():
+            try:
+                data = self.sock.recv(RECEIVE_SIZE)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except GONE as ex:
+                self._lost(ex)
+                return
+            if not data:
+                self._ended()
+                return
+            self.handler.received(data)
+
+    def _ended(self) -> None:
+        """EOF from the peer: stop reading; the handler decides whether to answer or close."""
+        self.pause_reading()
+        self.handler.ended()
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    def _ready(self, mask: int) -> None:
+        try:
+            self._service(mask)
+        except Exception:  # a fault serving one connection must not reach the loop
+            logger.exception("error servicing connection from %s", self.peer)
+            try:
+                self.close()
+            except Exception:
+                logger.exception("error closing connection from %s", self.peer)
+
+    def _service(self, mask: int) -> None:
+        if self.handshaking:
+            self._handshake()
+            return
+        if mask & WRITE:
+            self._flush()
+        if mask & READ and self.reading and not self.closed:
+            self._receive()
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(WRITE)
+            return
+        except GONE as ex:
+            self._lost(ex)
+            return
+        self.handshaking = False
+        self._want((READ if self.reading else 0) | (WRITE if self._chunks else 0))
+        self.handler.connected()
+
+    def _want(self, events: int) -> None:
+        if self.closed or events == self._events:
+            return
+        if events:
+            if self._events:
+                self.poller.modify(self.sock, events, self._ready)
+            else:
+                self.poller.register(self.sock, events, self._ready)
+        else:
+            self.poller.unregister(self.sock)
+        self._events = events
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _lost(self, ex: Optional[BaseException]) -> None:
+        """The peer went away (EOF, reset, TLS failure): close and tell the handler."""
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._events:
+            self.poller.unregister(self.sock)
+            self._events = 0
+        self._chunks.clear()
+        self.pending = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.handler.closed()

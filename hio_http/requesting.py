@@ -1,0 +1,466 @@
+"""Incremental server-side HTTP/1.x request parsing: bytes in, `Request` objects out.
+
+`Requestant` wraps llhttp (through httptools) and adds the limits and strictness checks a
+server needs. It never touches sockets, clocks or logs: the caller feeds it bytes and reads
+completed requests from `requests`, or catches `RequestError` and answers with its status.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+import httptools
+
+__all__ = ["Limits", "Request", "RequestError", "Requestant"]
+
+# Theory of operation
+# -------------------
+# llhttp scans the bytes and calls back: message_begin, url (in pieces), header (one call
+# per field line, once httptools has the whole value), headers_complete, body (pieces),
+# chunk_header, message_complete. A Requestant is in one phase at a time:
+#
+#   _IDLE --begin--> _HEAD --headers_complete--> _BODY --message_complete--> _IDLE
+#                                                _BODY <--body-- _TRAILER <--chunk_header--
+#
+# _TRAILER means "a chunk-size line was read and no data has followed yet": either the
+# data of a chunk is still to come or the trailer section of the last chunk is arriving.
+# Limits are counted in the callbacks; the HEAD and TRAILER sections are also counted by
+# raw bytes across feed() calls, because httptools keeps a field line in its own buffer
+# until the line ends and would otherwise let "X: aaaa..." grow without bound.
+# When the HTTP/1 stream ends (an error, an upgrade, a "Connection: close" request) feed()
+# stops using llhttp and hands later bytes to `_after_end`.
+
+_IDLE, _HEAD, _BODY, _TRAILER = range(4)
+
+# llhttp rejects these itself; its reason string tells us which status to answer with.
+# Anything else llhttp rejects is a 400 that quotes llhttp's (fixed, client-free) reason.
+_LLHTTP_REASONS: dict[str, tuple[int, str]] = {
+    "Invalid HTTP version": (505, "HTTP version not supported"),
+    "Pause on PRI/Upgrade": (505, "HTTP/2 is not supported on this port"),
+    "Invalid method for HTTP/x.x request": (501, "method not implemented"),
+    "Invalid `Transfer-Encoding` header value": (501, "unsupported Transfer-Encoding"),
+    "Request has invalid `Transfer-Encoding`": (501, "unsupported Transfer-Encoding"),
+    "Transfer-Encoding can't be present with Content-Length":
+        (400, "Content-Length and Transfer-Encoding together"),
+    "Content-Length can't be present with Transfer-Encoding":
+        (400, "Content-Length and Transfer-Encoding together"),
+    "Duplicate Content-Length": (400, "duplicate Content-Length"),
+    "Invalid character in Content-Length": (400, "invalid Content-Length"),
+    "Empty Content-Length": (400, "invalid Content-Length"),
+    "Content-Length overflow": (413, "request body too large"),
+    "Chunk size overflow": (413, "request body too large"),
+}
+_AFTER_CLOSE = "Data after `Connection: close`"
+
+# RFC 9110 §5.6.2 tchar: the bytes a method token may contain.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+                   b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+# Header fields whose values decide framing or connection handling; inspected once per head.
+_NOTED = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade"))
+
+# Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
+_LINE_OVERHEAD = 12
+
+
+class RequestError(Exception):
+    """Malformed or unacceptable request; carries the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message  # short, plain text, never echoes client bytes
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may make the server hold; each breach has its own status."""
+
+    max_request_line: int = 8190      # "METHOD target HTTP/1.1\r\n"; over -> 414
+    max_header_bytes: int = 65536     # header (or trailer) section; over -> 431
+    max_header_count: int = 100       # field lines per section; over -> 431
+    max_body: int = 1 << 30           # body bytes; over -> 413
+    spill_threshold: int = 1 << 20    # bodies above this go to a temporary file
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_line", "max_header_bytes", "max_header_count",
+                     "max_body", "spill_threshold"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"Limits.{name} must be a non-negative int")
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """One parsed request. Strings are latin-1 decoded; target, path and query stay
+    percent-encoded exactly as sent. `body` is positioned at 0 once `complete`."""
+
+    method: str = "GET"
+    target: str = "/"
+    path: str = "/"
+    query: str = ""
+    version: str = "1.1"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    body: BinaryIO = field(default_factory=io.BytesIO)
+    body_size: int = 0
+    content_length: int | None = None
+    chunked: bool = False
+    keep_alive: bool = True
+    expect_continue: bool = False
+    upgrade: str | None = None
+    complete: bool = False
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return the first value of header `name` (case-insensitive), else `default`."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return default
+
+
+class Requestant:
+    """Incremental HTTP/1.x request parser for one connection.
+
+    feed() bytes as they arrive; completed requests queue in `requests` (oldest first);
+    `current` is the request whose head is complete but whose body is still arriving.
+    Requests completed before bad bytes stay queued when feed() raises RequestError.
+    """
+
+    __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
+                 "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
+                 "_sections", "_raw_bytes", "_head_start", "_after_end", "_failure")
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits if limits is not None else Limits()
+        self.requests: collections.deque[Request] = collections.deque()
+        self.current: Request | None = None
+        self.leftover = b""  # bytes after an upgrade request's head, for the next protocol
+        self._parser = httptools.HttpRequestParser(self)
+        self._phase = _IDLE
+        self._request: Request | None = None
+        self._url_parts: list[bytes] = []
+        self._fields: list[tuple[str, str]] = []
+        self._line_bytes = 0    # request line so far: method, target, SP SP HTTP/x.y CRLF
+        self._field_bytes = 0   # field lines of the current section, as reported
+        self._sections = 0      # head/trailer sections begun, to spot one spanning feeds
+        self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
+        self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
+        self._after_end: Callable[[bytes], None] | None = None
+        self._failure: BaseException | None = None
+
+    # ---- public API ----
+
+    @property
+    def busy(self) -> bool:
+        """True while a request has begun but its head is not complete (for header deadlines)."""
+        return self._phase == _HEAD
+
+    def feed(self, data: bytes) -> None:
+        """Parse more bytes. May complete zero or more requests (pipelining).
+
+        Raises RequestError on bad input; after an error the Requestant is dead and
+        every further feed() raises the same error. Any bytes-like object is accepted.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)  # we may keep a reference; a caller's buffer may change
+        if self._after_end is not None:
+            self._after_end(data)
+            return
+        if not data:
+            return
+        idle = self._phase == _IDLE
+        self._remember_head_start(data)
+        sections, line_bytes = self._sections, self._line_bytes
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._switch_protocols(data, upgrade.args[0])
+            return
+        except httptools.HttpParserError as exc:
+            self._parser_failed(exc)
+            return
+        if self._phase == _HEAD or self._phase == _TRAILER:
+            self._count_open_section(len(data), self._sections - sections, idle, line_bytes)
+
+    def close(self) -> None:
+        """Release the bodies (maybe temporary files) of unfinished and queued requests.
+
+        Requests already popped from `requests` belong to the caller and stay open.
+        """
+        for request in self.requests:
+            request.body.close()
+        self.requests.clear()
+        if self._failure is None:  # a dead Requestant already dropped its unfinished one
+            self._die(ValueError("feed() on a closed Requestant"))
+
+    # ---- llhttp callbacks (called by httptools during feed_data) ----
+
+    def on_message_begin(self) -> None:
+        self._phase = _HEAD
+        self._sections += 1
+        self._url_parts = []
+        self._fields = []
+        self._line_bytes = _LINE_OVERHEAD
+        self._field_bytes = 0
+
+    def on_url(self, piece: bytes) -> None:
+        if not self._url_parts:  # llhttp has just accepted the method
+            self._head_start = None
+            self._line_bytes += len(self._parser.get_method())
+        self._url_parts.append(piece)
+        self._line_bytes += len(piece)
+        if self._line_bytes > self.limits.max_request_line:
+            # Counted per url piece, so an endless target is cut off as soon as it passes
+            # the limit instead of after it ends.
+            self._fail(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops leading OWS but keeps trailing OWS (RFC 9112 §5.1: strip both).
+        fields = self._fields
+        fields.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
+        self._field_bytes += len(name) + len(value) + 4  # as if sent "name: value\r\n"
+        limits = self.limits
+        if self._field_bytes > limits.max_header_bytes or len(fields) > limits.max_header_count:
+            self._fail(431, self._section_message())
+
+    def on_headers_complete(self) -> None:
+        request = self._head_to_request()
+        self._request = self.current = request
+        self._phase = _BODY
+
+    def on_body(self, piece: bytes) -> None:
+        self._phase = _BODY  # data after a chunk-size line: not a trailer section
+        request = self._request
+        request.body.write(piece)
+        request.body_size += len(piece)
+        if request.body_size > self.limits.max_body:
+            # Content-Length was checked up front; this stops an endless chunked body.
+            self._fail(413, "request body too large")
+
+    def on_chunk_header(self) -> None:
+        # Maybe the last chunk, whose trailer fields then land in `trailers`.
+        self._phase = _TRAILER
+        self._sections += 1
+        self._fields = self._request.trailers
+        self._field_bytes = 0
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        request.body.seek(0)
+        request.complete = True
+        self.requests.append(request)
+        self._request = self.current = None
+        self._phase = _IDLE
+        self._head_start = None  # where the next head starts in this feed is unknown
+
+    # ---- head checks ----
+
+    def _head_to_request(self) -> Request:
+        """Validate a complete head and build its Request (RFC 9112 §2-§7)."""
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # llhttp accepts 0.9 and 2.0; we speak only HTTP/1.x (RFC 9110 §15.6.6).
+            self._fail(505, "HTTP version not supported")
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            self._fail(501, "CONNECT not implemented: this is not a proxy")
+        target = b"".join(self._url_parts).decode("latin-1")
+        path, query = self._split_target(target, method)
+        noted: dict[str, list[str]] = {}
+        for name, value in self._fields:
+            key = name.lower()
+            if key in _NOTED:
+                noted.setdefault(key, []).append(value)
+        self._check_host(version, noted.get("host"))
+        chunked = self._check_transfer_encoding(version, noted.get("transfer-encoding"))
+        length = self._check_content_length(noted.get("content-length"))
+        upgrade = noted["upgrade"][0] if "upgrade" in noted and parser.should_upgrade() else None
+        # RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+        expect = "expect" in noted and version == "1.1" and any(
+            value.lower() == "100-continue" for value in noted["expect"])
+        return Request(method, target, path, query, version, self._fields, [],
+                       self._new_body(chunked, length), 0, length, chunked,
+                       parser.should_keep_alive(), expect, upgrade)
+
+    def _new_body(self, chunked: bool, length: int | None) -> BinaryIO:
+        """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
+        threshold = self.limits.spill_threshold
+        if chunked or (length is not None and length > threshold):
+            return tempfile.SpooledTemporaryFile(max_size=threshold)
+        return io.BytesIO()
+
+    def _split_target(self, target: str, method: str) -> tuple[str, str]:
+        """Return the raw (path, query) of a request-target (RFC 9112 §3.2)."""
+        if "#" in target:
+            # A fragment is never part of a request-target (RFC 9110 §7.1).
+            self._fail(400, "fragment in request-target")
+        if target[:1] == "/":  # origin-form, the usual case
+            path, _, query = target.partition("?")
+            return path, query
+        if target == "*":
+            # Asterisk-form exists only for server-wide OPTIONS (RFC 9112 §3.2.4).
+            if method != "OPTIONS":
+                self._fail(400, "asterisk-form request-target only allowed with OPTIONS")
+            return "*", ""
+        _, sep, rest = target.partition("://")
+        if not sep:  # llhttp lets nothing else through, but do not rely on it
+            self._fail(400, "malformed request-target")
+        # Absolute-form (RFC 9112 §3.2.2): the path starts after the authority.
+        cut = len(rest)
+        for mark in "/?":
+            at = rest.find(mark)
+            if 0 <= at < cut:
+                cut = at
+        path, _, query = rest[cut:].partition("?")
+        return path or ("*" if method == "OPTIONS" else "/"), query
+
+    def _check_host(self, version: str, hosts: list[str] | None) -> None:
+        # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request
+        # with several Host lines (which one names the target is ambiguous).
+        if hosts is None:
+            if version == "1.1":
+                self._fail(400, "missing Host header")
+        elif len(hosts) > 1:
+            self._fail(400, "more than one Host header")
+
+    def _check_transfer_encoding(self, version: str, codings: list[str] | None) -> bool:
+        """Return True for a chunked body; refuse every other Transfer-Encoding."""
+        if codings is None:
+            return False
+        if version == "1.0":
+            # HTTP/1.0 has no chunked framing; a 1.0 message with it is a smuggling
+            # vector between hops that disagree on framing (RFC 9112 §6.1).
+            self._fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if len(codings) != 1 or codings[0].lower() != "chunked":
+            # We decode no codings but chunked, applied exactly once (RFC 9112 §6.1);
+            # llhttp would accept "gzip, chunked" and leave the gzip to the app.
+            self._fail(501, "unsupported Transfer-Encoding")
+        return True
+
+    def _check_content_length(self, values: list[str] | None) -> int | None:
+        if values is None:
+            return None
+        # llhttp already refused duplicates, lists, signs and non-digits (RFC 9112 §6.3),
+        # so exactly one all-digit value is left.
+        length = int(values[0])
+        if length > self.limits.max_body:
+            self._fail(413, "request body too large")
+        return length
+
+    # ---- limits that span feeds ----
+
+    def _section_message(self) -> str:
+        return f"request {'header' if self._phase == _HEAD else 'trailer'} section too large"
+
+    def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int) -> None:
+        """Bound a head or trailer section still open at the end of a feed.
+
+        httptools buffers a field line until the line ends, so the callbacks alone cannot
+        see a never-ending one. `_raw_bytes` is a lower bound of the section's size from
+        the bytes that certainly belong to it; the request line is left out, being
+        limited on its own.
+        """
+        if begun == 0:  # the whole feed fell inside the section
+            self._raw_bytes += size - (self._line_bytes - line_bytes)
+        elif begun == 1 and idle and self._phase == _HEAD:  # it began at the feed's start
+            self._raw_bytes = size - self._line_bytes
+        else:  # it began mid-feed, at an offset llhttp does not tell: trust the callbacks
+            self._raw_bytes = self._field_bytes
+        if self._raw_bytes > self.limits.max_header_bytes:
+            raise self._die(RequestError(431, self._section_message()))
+
+    # ---- failures and endings ----
+
+    def _fail(self, status: int, message: str) -> None:
+        """Raise from inside a callback; feed() then finds the error in `_failure`."""
+        self._failure = RequestError(status, message)
+        raise self._failure
+
+    def _parser_failed(self, exc: httptools.HttpParserError) -> None:
+        """Turn llhttp's refusal (or one of our callback errors) into the right ending."""
+        if self._failure is not None:  # one of our checks, raised inside a callback
+            raise self._die(self._failure)
+        if isinstance(exc, httptools.HttpParserCallbackError) and exc.__context__:
+            raise self._die(exc.__context__)  # a bug of ours, or an OSError from a body file
+        reason = str(exc)
+        if reason == _AFTER_CLOSE:
+            # RFC 9112 §9.6: after a "close" request the server must not process further
+            # requests on the connection; they are dropped, which is not an error.
+            self._after_end = _discard
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            self._method_refused()
+        elif isinstance(exc, httptools.HttpParserInvalidURLError):
+            raise self._die(RequestError(400, "malformed request-target"))
+        else:
+            status, message = _LLHTTP_REASONS.get(reason, (400, f"malformed request ({reason})"))
+            raise self._die(RequestError(status, message))
+
+    def _remember_head_start(self, data: bytes) -> None:
+        """Keep the bytes of a head whose method llhttp has not accepted yet.
+
+        llhttp gives no byte offsets, yet telling an unknown method (501) from garbage
+        (400) needs the method's bytes. They are known while the head began at a feed
+        boundary; once a request completes mid-feed the next head's start is not.
+        """
+        if self._phase == _IDLE:
+            self._head_start = data
+        elif self._head_start is not None:
+            self._head_start += data
+
+    def _method_refused(self) -> None:
+        if self._head_start is None:  # the head's start is unknown: call it malformed
+            raise self._die(RequestError(400, "malformed request method"))
+        self._after_end = self._judge_method
+        self._judge_method(b"")
+
+    def _judge_method(self, data: bytes) -> None:
+        """Answer 501 for a method token llhttp does not know, 400 for a non-token.
+
+        While the token is still arriving the verdict waits, so the answer does not depend
+        on how the bytes were split.
+        """
+        self._head_start += data
+        head = self._head_start.lstrip(b"\r\n")  # llhttp skips empty lines first
+        for index, byte in enumerate(head):
+            if byte not in _TCHAR:
+                if index and byte == 0x20:  # RFC 9112 §3: method SP request-target
+                    raise self._die(RequestError(501, "method not implemented"))
+                raise self._die(RequestError(400, "malformed request method"))
+        if len(head) > self.limits.max_request_line:
+            raise self._die(RequestError(414, "request line too long"))
+
+    def _switch_protocols(self, data: bytes, offset: int) -> None:
+        # llhttp stops after an upgrade request's head; the rest belongs to the next
+        # protocol (or, if the server declines the upgrade, to a fresh Requestant).
+        self.leftover = bytes(data[offset:])
+        self._after_end = self._keep_leftover
+
+    def _keep_leftover(self, data: bytes) -> None:
+        self.leftover += data
+
+    def _die(self, error: BaseException) -> BaseException:
+        """Make every later feed() raise `error`, drop the unfinished request, return
+        `error` for the caller to raise."""
+        self._failure = error
+        if self._request is not None and not self._request.complete:
+            self._request.body.close()
+        self._request = self.current = None
+
+        def refuse(data: bytes) -> None:
+            raise error.with_traceback(None)
+
+        self._after_end = refuse
+        return error
+
+
+def _discard(data: bytes) -> None:
+    """Ignore bytes that follow a request the client marked as its last."""

@@ -1,0 +1,460 @@
+"""Writers of responses: `Responder` runs a WSGI app (PEP 3333), `CustomResponder` sends a bare
+status, headers and body. Both frame the body the same way (Content-Length, chunked or
+close-delimited) and pull it only while the connection's send buffer is under its high-water mark.
+
+A responder never blocks and never reads the socket; an app's item of b"" means "not yet".
+"""
+
+# Theory of operation
+# -------------------
+# The Steward calls `start()` once, then `pump()` whenever there may be progress: at first, when
+# the send buffer drains, and on later passes after a b"" item. `pump()` returns
+#   DONE     the response is complete (or failed); `keep_alive` says whether the connection
+#            may carry another request,
+#   WAITING  the body iterator said "not yet" (b""): call again on a later pass,
+#   BLOCKED  the send buffer is at its high-water mark: call again when it drains.
+# The head goes out together with the first body bytes, so a small response is a single send.
+# Once the head is sent, a failure can only be signalled by closing the connection without a
+# proper end (no terminating chunk, or fewer bytes than Content-Length): `broken` says so.
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from email.utils import formatdate
+from typing import Iterable, Iterator, Optional
+from urllib.parse import unquote_to_bytes
+
+logger = logging.getLogger("hio_http.server")
+wsgi_logger = logging.getLogger("hio_http.wsgi")
+
+DONE, WAITING, BLOCKED = "done", "waiting", "blocked"
+
+SERVER_SOFTWARE = "hio_http"
+
+# RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade"})
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
+
+REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+           414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+           505: "HTTP Version Not Supported"}
+
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header line, reformatted at most once a second."""
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0] = now
+        _date_cache[1] = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+    return _date_cache[1]
+
+
+class BaseResponder:
+    """Frames and sends one response on a Connection; subclasses supply status, headers, body."""
+
+    high_water = 64 * 1024
+
+    def __init__(self, connection, request, server_header: bytes = b"Server: hio_http\r\n"):
+        self.connection = connection
+        self.request = request
+        self.server_header = server_header
+        self.status: Optional[str] = None
+        self.headers: list = []
+        self.head_sent = False
+        self.keep_alive = bool(request.keep_alive)
+        self.broken = False  # the response could not be completed after its head went out
+        self.length: Optional[int] = None  # declared Content-Length
+        self.sent = 0  # body bytes sent
+        self.chunked = False
+        self.bodiless = request.method == "HEAD"
+        self.closed = False
+
+    # -- framing ------------------------------------------------------------------------------
+
+    def send_head(self, body: bytes = b"", last: bool = False) -> None:
+        """Send status line and headers, with `body` if given; `last` means body is all of it."""
+        code = int(self.status[:3])
+        if code < 200 or code in (204, 304):
+            self.bodiless = True
+        has_date = has_server = False
+        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length":
+                self.length = int(value)
+            elif lower == "date":
+                has_date = True
+            elif lower == "server":
+                has_server = True
+            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        if not has_date:
+            lines.append(http_date())
+        if not has_server:
+            lines.append(self.server_header)
+        if self.length is None and (not self.bodiless or last and self.request.method == "HEAD"
+                                    and code >= 200 and code not in (204, 304)):
+            if last:  # the whole body is known: its length frames it (for HEAD, GET's length)
+                self.length = len(body)
+                lines += (b"Content-Length: ", str(self.length).encode(), b"\r\n")
+            elif self.request.version == "1.1":
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0 without a length: the close ends the body
+        if not self.keep_alive:
+            lines.append(b"Connection: close\r\n")
+        elif self.request.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self.head_sent = True
+        if body and not self.bodiless:
+            lines.append(self._frame(body))
+        self.connection.send(b"".join(lines))
+
+    def send_body(self, data: bytes) -> None:
+        if not self.bodiless and data:
+            self.connection.send(self._frame(data))
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.length is not None:
+            room = self.length - self.sent
+            if len(data) > room:  # never send more than declared: it would corrupt the stream
+                logger.error("app sent more than its Content-Length (%d); extra bytes dropped",
+                             self.length)
+                data = data[:room]
+                self.keep_alive = False
+            self.sent += len(data)
+            return data
+        self.sent += len(data)
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        return data
+
+    def finish(self) -> None:
+        """End the body properly, or mark the response broken if it came up short."""
+        if self.bodiless:
+            return
+        if self.chunked:
+            self.connection.send(b"0\r\n\r\n")
+        elif self.length is not None and self.sent < self.length:
+            logger.error("app sent %d of its Content-Length %d bytes; closing the connection",
+                         self.sent, self.length)
+            self.broken = True
+            self.keep_alive = False
+
+    def send_error(self, code: int, message: str = "") -> None:
+        """A plain-text error response that closes the connection (nothing sent yet)."""
+        self.keep_alive = False
+        self.bodiless = self.request.method == "HEAD"
+        self.status = f"{code} {REASONS.get(code, 'Error')}"
+        body = (message or REASONS.get(code, "Error")).encode("utf-8") + b"\n"
+        self.headers = [("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(body)))]
+        self.length = None
+        self.chunked = False
+        self.send_head(body, last=True)
+
+    # -- the protocol the Steward drives ------------------------------------------------------
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def pump(self) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Responder(BaseResponder):
+    """Runs a WSGI application for one request (PEP 3333)."""
+
+    def __init__(self, connection, request, app, environ: dict, **kwa):
+        super().__init__(connection, request, **kwa)
+        self.app = app
+        self.environ = environ
+        self.result: Optional[Iterable] = None
+        self.iterator: Optional[Iterator] = None
+        self.pending_head = False  # start_response was called; head not yet sent
+
+    def start_response(self, status: str, headers: list, exc_info=None):
+        if exc_info:
+            try:
+                if self.head_sent:  # too late to change anything: let it propagate (PEP 3333)
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        check_status(status)
+        check_headers(headers)
+        self.status, self.headers = status, headers
+        self.pending_head = True
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy write() callable: sends at once (the buffer may pass its high-water mark)."""
+        if self.status is None:
+            raise AssertionError("write() called before start_response()")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self._out(bytes(data))
+
+    def _out(self, data: bytes, last: bool = False) -> None:
+        if not self.head_sent:
+            self.pending_head = False
+            self.send_head(data, last=last)
+        else:
+            self.send_body(data)
+
+    def start(self) -> None:
+        try:
+            self.result = self.app(self.environ, self.start_response)
+            self.iterator = iter(self.result)
+        except Exception:
+            self.fail()
+
+    def pump(self) -> str:
+        if self.iterator is None:  # the app failed
+            return DONE
+        try:
+            return self._pull()
+        except Exception:
+            self.fail()
+            return DONE
+
+    def _pull(self) -> str:
+        connection = self.connection
+        sized = isinstance(self.result, (list, tuple))
+        while connection.pending < self.high_water:
+            if connection.closed:
+                return DONE
+            try:
+                chunk = next(self.iterator)
+            except StopIteration:
+                if self.status is None:
+                    raise AssertionError("the app returned without calling start_response()")
+                if not self.head_sent:
+                    self._out(b"", last=True)
+                self.finish()
+                return DONE
+            if not chunk:
+                if sized:
+                    continue
+                return WAITING
+            if self.status is None:
+                raise AssertionError("the app yielded body bytes before start_response()")
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+            # A one-item list is the whole body: send it with a Content-Length, in one write.
+            self._out(chunk, last=sized and len(self.result) == 1)
+            if self.bodiless:  # HEAD, 204, 304: the rest of the body would be discarded anyway
+                self.finish()
+                return DONE
+        return BLOCKED
+
+    def fail(self) -> None:
+        """The app raised: log it; answer 500 if nothing went out yet, else break the response."""
+        logger.error("error in WSGI app for %s %s", self.request.method, self.request.target,
+                     exc_info=sys.exc_info())
+        self.iterator = None
+        if self.head_sent:
+            self.broken = True
+            self.keep_alive = False
+        else:
+            self.send_error(500)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                logger.exception("error closing the WSGI app's iterable")
+
+
+class CustomResponder(BaseResponder):
+    """A bare response: `status`, `headers`, and `body` bytes, an iterable of bytes (b"": not
+    yet), or `data` sent as JSON."""
+
+    def __init__(self, connection, request, status=200, headers=None, body=b"", data=None, **kwa):
+        super().__init__(connection, request, **kwa)
+        code = int(str(status)[:3])
+        self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
+        self.headers = list((headers or {}).items() if isinstance(headers, dict) else headers or [])
+        if data is not None:
+            body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+            if not any(name.lower() == "content-type" for name, _ in self.headers):
+                self.headers.append(("Content-Type", "application/json"))
+        check_status(self.status)
+        check_headers(self.headers)
+        self.whole = isinstance(body, (bytes, bytearray))
+        self.iterator = iter([bytes(body)]) if self.whole else iter(body)
+
+    def start(self) -> None:
+        pass
+
+    def pump(self) -> str:
+        try:
+            while self.connection.pending < self.high_water:
+                if self.connection.closed:
+                    return DONE
+                try:
+                    chunk = next(self.iterator)
+                except StopIteration:
+                    if not self.head_sent:
+                        self.send_head(b"", last=True)
+                    self.finish()
+                    return DONE
+                if not chunk:
+                    if not self.whole:
+                        return WAITING
+                    continue
+                if self.head_sent:
+                    self.send_body(chunk)
+                else:
+                    self.send_head(chunk, last=self.whole)
+            return BLOCKED
+        except Exception:
+            logger.exception("error in response body for %s", self.request.target)
+            if self.head_sent:
+                self.broken, self.keep_alive = True, False
+            else:
+                self.send_error(500)
+            return DONE
+
+
+def reason_of(code: int) -> str:
+    from http import HTTPStatus
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def check_status(status) -> None:
+    if not isinstance(status, str) or not STATUS.match(status):
+        raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+
+
+def check_headers(headers) -> None:
+    if not isinstance(headers, list):
+        raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+    for item in headers:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise TypeError(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if not isinstance(name, str) or not TOKEN.match(name):
+            raise ValueError(f"invalid response header name {name!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"response header {name} value must be str, not "
+                            f"{type(value).__name__}")
+        if "\r" in value or "\n" in value or "\0" in value:  # header injection / splitting
+            raise ValueError(f"response header {name} value contains CR, LF or NUL")
+        if name.lower() in HOP_BY_HOP:
+            raise ValueError(f"hop-by-hop header {name!r} is not allowed from an application "
+                             "(PEP 3333); the server manages the connection")
+
+
+class ErrorStream:
+    """wsgi.errors: what the app writes goes to the `hio_http.wsgi` logger, line by line."""
+
+    def __init__(self):
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            wsgi_logger.error(line)
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            wsgi_logger.error(self._partial)
+            self._partial = ""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file in blocks and closes it with the response."""
+
+    def __init__(self, filelike, block_size: int = 64 * 1024):
+        self.filelike = filelike
+        self.block_size = block_size
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            block = read(self.block_size)
+            if not block:
+                return
+            yield block
+
+
+_environ_keys: dict = {}
+
+
+def environ_key(name: str) -> Optional[str]:
+    """HTTP_* key of a request header; None for names with '_' (they could spoof '-' names)."""
+    key = _environ_keys.get(name)
+    if key is None:
+        if "_" in name:
+            return None
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if len(_environ_keys) < 4096:
+            _environ_keys[name] = key
+    return key
+
+
+def build_environ(base: dict, request, root_path: str = "") -> dict:
+    """The WSGI environ of `request` on top of the per-connection `base` (PEP 3333)."""
+    environ = base.copy()
+    path = request.path
+    if "%" in path:
+        path = unquote_to_bytes(path).decode("latin-1")
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        environ["SCRIPT_NAME"] = root_path
+        path = path[len(root_path):]
+    environ["REQUEST_METHOD"] = request.method
+    environ["PATH_INFO"] = path
+    environ["QUERY_STRING"] = request.query
+    environ["RAW_URI"] = environ["REQUEST_URI"] = request.target
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    environ["wsgi.input"] = request.body
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower == "content-type":
+            environ["CONTENT_TYPE"] = value
+            continue
+        if lower == "content-length":
+            continue
+        key = environ_key(name)
+        if key is None:
+            continue
+        if key in environ:
+            separator = "; " if key == "HTTP_COOKIE" else ", "
+            environ[key] = environ[key] + separator + value
+        else:
+            environ[key] = value
+    if request.content_length is not None or request.chunked:
+        environ["CONTENT_LENGTH"] = str(request.body_size)
+    return environ

@@ -1,0 +1,506 @@
+"""Servers on the doer loop: `Server` hosts a WSGI app, `BareServer` bare `Steward` handlers;
+`ServerDoer` runs either in a Doist; `openServer` opens one for the length of a with-block.
+
+One `Steward` per connection owns its Requestant and its current responder, answers pipelined
+requests in order, and keeps the connection's deadline. Nothing here blocks, and one
+connection's failure (bad bytes, an app exception, a reset) never touches another.
+"""
+
+# Theory of operation
+# -------------------
+# All socket work happens in Poller callbacks: Acceptor -> Server._accept -> Steward; Connection
+# -> Steward.received/drained/ended/closed. A Steward is in one of these states, each with its
+# deadline (the setting named in brackets):
+#   handshake   TLS handshake not done                               [handshake_timeout]
+#   idle        nothing of a next request yet                        [idle_timeout]
+#   head        some bytes of a request, head incomplete (slowloris)  [header_timeout]
+#   body        head done, body arriving                              [body_timeout, per progress]
+#   responding  a responder is writing; deadline only while blocked   [write_timeout, per drain]
+#   waiting     the app said "not yet" (b""): no deadline, resumed on every pass of the Server
+# Deadlines are checked by a sweep at most every `sweep_interval`, never per tick, so idle
+# connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import socket
+import ssl
+import time
+from typing import Callable, Iterator, Optional
+
+from .doing import Doer
+from .net import Acceptor, Connection, is_unix
+from .polling import READ, Poller, poller_of
+from .requesting import Limits, RequestError, Requestant
+from .responding import (BLOCKED, DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
+                         FileWrapper, Responder, build_environ)
+
+logger = logging.getLogger("hio_http.server")
+
+__all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
+           "openServer"]
+
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting of a server, with its default. Times are seconds, sizes bytes."""
+
+    host: str = "127.0.0.1"  # address to listen on ("::1" or "::" for IPv6)
+    port: int = 0  # 0: any free port; read the real one from Server.address
+    unix: Optional[str] = None  # listen on this unix socket path instead of host:port
+    ssl_context: Optional[ssl.SSLContext] = None  # serve TLS (https) with this context
+    root_path: str = ""  # SCRIPT_NAME prefix the app is mounted under
+    backlog: int = 1024  # kernel queue of connections not yet accepted
+    max_connections: int = 1000  # beyond this, new connections wait in the backlog
+    max_pipeline: int = 16  # parsed requests queued per connection before reading pauses
+    idle_timeout: float = 75.0  # keep-alive connection with no request in progress
+    header_timeout: float = 10.0  # from a request's first byte to the end of its head
+    body_timeout: float = 30.0  # longest pause while a request body arrives
+    write_timeout: float = 60.0  # longest a client may leave our send buffer undrained
+    handshake_timeout: float = 10.0  # TLS handshake
+    sweep_interval: float = 0.5  # how often deadlines are checked (bounded by the timeouts)
+    high_water: int = 64 * 1024  # stop pulling a response body beyond this much unsent
+    max_request_line: int = Limits.max_request_line  # -> 414
+    max_header_bytes: int = Limits.max_header_bytes  # -> 431
+    max_header_count: int = Limits.max_header_count  # -> 431
+    max_body: int = Limits.max_body  # -> 413
+    spill_threshold: int = Limits.spill_threshold  # larger bodies go to a temporary file
+    server_header: str = "hio_http"  # value of the Server header ("" to send none)
+
+    def limits(self) -> Limits:
+        return Limits(max_request_line=self.max_request_line,
+                      max_header_bytes=self.max_header_bytes,
+                      max_header_count=self.max_header_count, max_body=self.max_body,
+                      spill_threshold=self.spill_threshold)
+
+
+class Steward:
+    """Serves one connection: parses requests, answers them in order, enforces deadlines.
+
+    Subclass and override `respond(request)` to answer with a responder; `BareServer` uses
+    Stewards directly, `Server` uses `WSGISteward`.
+    """
+
+    def __init__(self, server: "BaseServer", sock: socket.socket, peer):
+        self.server = server
+        self.settings = server.settings
+        self.requestant = Requestant(server.limits)
+        self.responder: Optional[BaseResponder] = None
+        self.error: Optional[RequestError] = None  # answered after the requests before it
+        self.refused = False  # an error response went out; the connection is closing
+        self.eof = False  # the client sent EOF
+        self.continued = None  # the request we sent "100 Continue" for
+        self.deadline: Optional[float] = None
+        self.state = "idle"
+        self.connection = Connection(sock, peer, server.poller, self)
+        if self.connection.handshaking:
+            self._expect("handshake", self.settings.handshake_timeout)
+        else:
+            self._expect("idle", self.settings.idle_timeout)
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    def respond(self, request) -> BaseResponder:
+        """Return the responder that answers `request`. The default answers 404."""
+        return CustomResponder(self.connection, request, status=404, body=b"Not Found\n",
+                               headers=[("Content-Type", "text/plain")])
+
+    # -- Connection events --------------------------------------------------------------------
+
+    def connected(self) -> None:
+        self._expect("idle", self.settings.idle_timeout)
+
+    def received(self, data: bytes) -> None:
+        if self.refused:
+            return  # an error was answered: nothing more is parsed on this connection
+        try:
+            self.requestant.feed(data)
+        except RequestError as ex:
+            self.error = ex
+        except Exception as ex:  # a parser bug must cost this connection only
+            logger.exception("request parser failed")
+            self.error = RequestError(400, "bad request")
+        self.advance()
+
+    def drained(self) -> None:
+        if self.responder is not None:
+            self.advance()
+
+    def ended(self) -> None:
+        self.eof = True
+        self.advance()
+
+    def closed(self) -> None:
+        self.server.waiting.discard(self)
+        if self.responder is not None:
+            self.responder.close()
+            self.responder = None
+        self.requestant.close()
+        self.server.forget(self)
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Make every step possible now: answer queued requests in order, then wait."""
+        connection = self.connection
+        try:
+            while not connection.closed:
+                if self.responder is None and not self._begin_next():
+                    break
+                state = self.responder.pump()
+                if state is DONE:
+                    if not self._finish_response():
+                        return
+                    continue
+                if state is WAITING:
+                    self.server.waiting.add(self)
+                    self._expect("waiting", None)
+                else:
+                    self._expect("responding", self.settings.write_timeout)
+                break
+        except Exception:
+            logger.exception("internal error serving %s", connection.peer)
+            connection.close()
+            return
+        self._regulate_reading()
+
+    def resume(self) -> None:
+        """A later pass for a responder that said "not yet"."""
+        self.server.waiting.discard(self)
+        self.advance()
+
+    def _begin_next(self) -> bool:
+        """Start a responder for the oldest complete request, or answer an error; False: wait."""
+        requestant = self.requestant
+        if requestant.requests:
+            request = requestant.requests.popleft()
+            if self.server.closing:
+                request.keep_alive = False
+            self.responder = self.respond(request)
+            self.responder.start()
+            return True
+        if self.error is not None:
+            self._answer_error(self.error.status, self.error.message)
+            return False
+        current = requestant.current
+        if current is not None:
+            if not self._check_expectation(current):
+                return False
+            self._expect("body", self.settings.body_timeout)
+        elif self.eof:
+            self.connection.close()
+        elif requestant.busy:
+            if self.state != "head":
+                self._expect("head", self.settings.header_timeout)
+        else:
+            self._expect("idle", self.settings.idle_timeout)
+        return False
+
+    def _finish_response(self) -> bool:
+        """Close out the finished responder; False if the connection closes after it."""
+        responder, self.responder = self.responder, None
+        self.server.waiting.discard(self)
+        responder.close()
+        if responder.broken:
+            self.connection.close()  # a truncated response must not look complete
+            return False
+        if not responder.keep_alive or self.server.closing:
+            self.connection.close_when_drained()
+            return False
+        return True
+
+    def _check_expectation(self, request) -> bool:
+        """Expect: 100-continue gets "100 Continue" once its turn comes; anything else 417."""
+        expect = request.header("expect")
+        if expect is None or request is self.continued:
+            return True
+        if not request.expect_continue:
+            self._answer_error(417, f"unsupported expectation {expect!r}")
+            return False
+        self.continued = request
+        self.connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _answer_error(self, status: int, message: str) -> None:
+        """Answer a request that cannot be served with `status`, then close (RFC 9112 §9.6)."""
+        self.error = None
+        self.refused = True
+        self.requestant.close()
+        request = self.requestant.current or _Unparsed()
+        responder = BaseResponder(self.connection, request, self.server.server_header)
+        responder.send_error(status, message)
+        self.connection.close_when_drained()
+        self._expect("responding", self.settings.write_timeout)
+
+    def _regulate_reading(self) -> None:
+        """Backpressure on pipelining: stop reading while too many requests wait their turn."""
+        connection = self.connection
+        if connection.closed or self.eof:
+            return
+        if len(self.requestant.requests) >= self.settings.max_pipeline or self.error:
+            if connection.reading:
+                connection.pause_reading()
+        elif not connection.reading:
+            connection.resume_reading()
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _expect(self, state: str, timeout: Optional[float]) -> None:
+        self.state = state
+        self.deadline = None if timeout is None else self.server.clock() + timeout
+
+    def expire(self, now: float) -> None:
+        """The deadline passed: idle connections just close; a slow request gets 408."""
+        logger.info("closing %s connection from %s: %s timeout", self.state,
+                    self.connection.peer, self.state)
+        if self.state in ("head", "body") and self.responder is None and not self.connection.pending:
+            self._answer_error(408, "request timeout")
+            self.deadline = now + min(1.0, self.settings.write_timeout)
+            self.state = "closing"
+        else:
+            self.connection.close()
+
+
+class _Unparsed:
+    """Stands in for a request whose head never parsed, when answering an error."""
+
+    method = "GET"
+    version = "1.1"
+    keep_alive = False
+    target = "*"
+
+
+class WSGISteward(Steward):
+    """A Steward that answers with the server's WSGI application."""
+
+    def __init__(self, server: "Server", sock: socket.socket, peer):
+        super().__init__(server, sock, peer)
+        self.environ_base = server.connection_environ(peer)
+
+    def respond(self, request) -> BaseResponder:
+        environ = build_environ(self.environ_base, request, self.settings.root_path)
+        return Responder(self.connection, request, self.server.app, environ,
+                         server_header=self.server.server_header)
+
+
+class BaseServer:
+    """Listening sockets, the stewards of their connections, and the sweep of deadlines."""
+
+    steward_class: type = Steward
+
+    def __init__(self, poller: Optional[Poller] = None, clock: Optional[Callable] = None,
+                 steward: Optional[type] = None, **settings):
+        self.settings = Settings(**settings)
+        self.limits = self.settings.limits()
+        self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
+                              if self.settings.server_header else b"")
+        if steward is not None:
+            self.steward_class = steward
+        self.poller = poller
+        self.owns_poller = False
+        self.clock = clock or time.monotonic
+        self.acceptor: Optional[Acceptor] = None
+        self.stewards: set = set()
+        self.waiting: set = set()
+        self.closing = False
+        self.opened = False
+        self._next_sweep = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> "BaseServer":
+        """Start listening; returns once the socket is bound and listening."""
+        if self.opened:
+            return self
+        if self.poller is None:
+            self.poller = Poller()
+            self.owns_poller = True
+        settings = self.settings
+        address = settings.unix if settings.unix else (settings.host, settings.port)
+        self.acceptor = Acceptor(address, self.poller, self._accept, backlog=settings.backlog)
+        self.opened = True
+        self.closing = False
+        self._next_sweep = self.clock() + self.sweep_interval
+        return self
+
+    def close(self) -> None:
+        """Stop listening and close every connection now."""
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.acceptor = None
+        for steward in list(self.stewards):
+            steward.connection.close()
+        self.stewards.clear()
+        self.waiting.clear()
+        if self.owns_poller and self.poller is not None:
+            self.poller.close()
+            self.poller = None
+            self.owns_poller = False
+        self.opened = False
+
+    @property
+    def address(self):
+        """The bound address: (host, port) (IPv6: (host, port, flow, scope)) or a unix path."""
+        return self.acceptor.address if self.acceptor else None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.ssl_context else "http"
+        if self.acceptor is None:
+            raise RuntimeError("the server is not open")
+        if self.acceptor.unix:
+            return f"{scheme}+unix://{self.address}"
+        host, port = self.address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}"
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def service(self) -> None:
+        """One turn: dispatch ready sockets (if the Poller is ours), resume waiting
+        responders, and sweep deadlines when due. Call it every tick."""
+        if self.owns_poller:
+            self.poller.poll(0)
+        if self.waiting:
+            for steward in list(self.waiting):
+                steward.resume()
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self.sweep(now)
+
+    @property
+    def sweep_interval(self) -> float:
+        settings = self.settings
+        shortest = min(settings.idle_timeout, settings.header_timeout, settings.body_timeout,
+                       settings.write_timeout, settings.handshake_timeout)
+        return max(0.001, min(settings.sweep_interval, shortest / 4))
+
+    def sweep(self, now: float) -> None:
+        """Expire every connection whose deadline has passed."""
+        for steward in [s for s in self.stewards if s.deadline is not None and s.deadline <= now]:
+            try:
+                steward.expire(now)
+            except Exception:
+                logger.exception("error expiring a connection")
+                steward.connection.close()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _accept(self, sock: socket.socket, peer) -> None:
+        context = self.settings.ssl_context
+        try:
+            if context is not None:
+                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            steward = self.steward_class(self, sock, peer)
+        except Exception:
+            logger.exception("could not set up a connection from %s", peer)
+            sock.close()
+            return
+        if not steward.connection.closed:
+            self.stewards.add(steward)
+        if len(self.stewards) >= self.settings.max_connections:
+            self.acceptor.pause()
+
+    def forget(self, steward: Steward) -> None:
+        self.stewards.discard(steward)
+        if (self.acceptor is not None and not self.acceptor.accepting and not self.closing
+                and len(self.stewards) < self.settings.max_connections):
+            self.acceptor.resume()
+
+
+class BareServer(BaseServer):
+    """Serves bare `Steward` subclasses: `BareServer(steward=MySteward, port=0)`."""
+
+
+class Server(BaseServer):
+    """Hosts a WSGI application: `Server(app, host="127.0.0.1", port=0, **settings)`."""
+
+    steward_class = WSGISteward
+
+    def __init__(self, app=None, **kwa):
+        super().__init__(**kwa)
+        if app is None:
+            from .demo import app as demo_app
+            app = demo_app
+        self.app = app
+        self.errors = ErrorStream()
+
+    def open(self) -> "Server":
+        super().open()
+        address = self.address
+        scheme = "https" if self.settings.ssl_context else "http"
+        if self.acceptor.unix:
+            name, port = "localhost", "80"
+        else:
+            name, port = address[0], str(address[1])
+        self._environ = {
+            "SERVER_NAME": name, "SERVER_PORT": port, "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": self.settings.server_header or "hio_http",
+            "wsgi.version": (1, 0), "wsgi.url_scheme": scheme, "wsgi.errors": self.errors,
+            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+        }
+        return self
+
+    def connection_environ(self, peer) -> dict:
+        environ = self._environ.copy()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer[0], str(peer[1])
+        else:  # unix socket peers have no address
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = "127.0.0.1", "0"
+        return environ
+
+
+class ServerDoer(Doer):
+    """Runs a server in a Doist: opens it on enter, services it every turn, closes it on exit.
+
+    Under this package's Doist the server shares the Doist's Poller, so its sockets are
+    serviced the moment they are ready; under a scheduler without one (hio's Doist) the server
+    polls its own Poller on each turn.
+    """
+
+    def __init__(self, server: BaseServer, **kwa):
+        super().__init__(**kwa)
+        self.server = server
+        self.nested: Optional[Poller] = None
+
+    def enter(self) -> None:
+        server = self.server
+        shared = poller_of(self.tymth)
+        if not server.opened:
+            if shared is not None and server.poller is None:
+                server.poller = shared
+            server.clock = self.tymth  # deadlines follow the Doist's tyme, simulated or real
+            server.open()
+        elif shared is not None and server.owns_poller:
+            # Already open on its own Poller: nest that Poller in the Doist's so the server
+            # still wakes the Doist the moment one of its sockets is ready.
+            shared.register(server.poller, READ, lambda mask: server.poller.poll(0))
+            self.nested = server.poller
+
+    def recur(self, tyme: float) -> bool:
+        self.server.service()
+        return False
+
+    def exit(self) -> None:
+        if self.nested is not None:
+            shared = poller_of(self.tymth)
+            if shared is not None:
+                shared.unregister(self.nested)
+            self.nested = None
+        self.server.close()
+
+
+
+@contextlib.contextmanager
+def openServer(cls: type = Server, **kwa) -> Iterator[BaseServer]:
+    """Open a server for the with-block and always close it, even when the block raises."""
+    server = cls(**kwa)
+    try:
+        server.open()
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,70 @@
+"""Shared fixtures: apps wrapped in wsgiref's validator, servers on free ports, raw clients."""
+
+import socket
+import time
+from wsgiref.validate import validator
+
+import pytest
+
+from hio_http.testing import serve_in_thread
+
+
+@pytest.fixture
+def serve():
+    """serve(app, **settings) -> a server running in a background thread, closed at the end.
+
+    Every app is wrapped in wsgiref's validator; with warnings as errors (setup.cfg) any
+    PEP 3333 violation by server or app fails the request, and so the test.
+    """
+    stack = []
+
+    def start(app, validate=True, **settings):
+        context = serve_in_thread(validator(app) if validate else app, **settings)
+        server = context.__enter__()
+        stack.append(context)
+        return server
+
+    yield start
+    while stack:
+        stack.pop().__exit__(None, None, None)
+
+
+def raw_connect(server, timeout=5.0):
+    """A blocking client socket connected to `server`."""
+    host, port = server.address[:2]
+    sock = socket.create_connection((host, port), timeout=timeout)
+    return sock
+
+
+def read_until_closed(sock, limit=10 * 1024 * 1024, timeout=5.0):
+    """Everything the server sends until it closes the connection (or the timeout)."""
+    sock.settimeout(timeout)
+    chunks = []
+    total = 0
+    deadline = time.monotonic() + timeout
+    while total < limit and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def is_closed(sock, timeout=3.0):
+    """True when the server has closed the connection (EOF or reset) within `timeout`."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False

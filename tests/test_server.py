@@ -1,0 +1,353 @@
+"""The WSGI server over real sockets: framing, keep-alive, pipelining, app errors, environ."""
+
+import http.client
+import json
+import logging
+import socket
+
+import pytest
+import requests
+
+from conftest import is_closed, raw_connect, read_until_closed
+
+
+def hello_app(environ, start_response):
+    body = b"Hello, world!"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def streaming_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return iter([b"one ", b"two ", b"three"])
+
+
+def environ_app(environ, start_response):
+    keys = ["REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "RAW_URI",
+            "REQUEST_URI", "CONTENT_TYPE", "CONTENT_LENGTH", "SERVER_NAME", "SERVER_PORT",
+            "SERVER_PROTOCOL", "SERVER_SOFTWARE", "REMOTE_ADDR", "REMOTE_PORT",
+            "wsgi.url_scheme", "wsgi.input_terminated", "wsgi.multithread",
+            "wsgi.multiprocess", "wsgi.run_once"]
+    seen = {key: environ.get(key) for key in keys}
+    seen["http"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+    seen["body"] = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)).decode(
+        "latin-1")
+    seen["file_wrapper"] = callable(environ.get("wsgi.file_wrapper"))
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_get_with_requests(serve):
+    server = serve(hello_app)
+    response = requests.get(server.url + "/", timeout=5)
+    assert response.status_code == 200
+    assert response.text == "Hello, world!"
+    assert response.headers["Content-Length"] == "13"
+    assert response.headers["Server"] == "hio_http"
+    assert response.headers["Date"].endswith(" GMT")
+
+
+def test_keep_alive_reuses_one_connection(serve):
+    server = serve(hello_app)
+    connection = http.client.HTTPConnection(*server.address[:2], timeout=5)
+    peers = set()
+    for _ in range(3):
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.read() == b"Hello, world!"
+        assert response.getheader("Connection") is None
+        peers.add(connection.sock.getsockname())
+    assert len(peers) == 1
+    connection.close()
+
+
+def test_unknown_length_is_chunked_on_http11(serve):
+    server = serve(streaming_app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert b"Content-Length" not in head
+    assert body == b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n"
+
+
+def test_unknown_length_is_close_delimited_on_http10(serve):
+    server = serve(streaming_app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in head
+    assert b"chunked" not in head
+    assert body == b"one two three"
+
+
+def test_http10_keep_alive_when_asked_and_length_known(serve):
+    server = serve(hello_app)
+    sock = raw_connect(server)
+    for _ in range(2):
+        sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.getheader("Connection") == "keep-alive"
+        assert response.read() == b"Hello, world!"
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")  # no keep-alive: the server closes after
+    data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"Hello, world!")
+
+
+def test_single_item_list_gets_content_length_in_one_write(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"sized"]
+
+    server = serve(app, validate=False)  # the validator hides the list behind an iterator
+    response = requests.get(server.url, timeout=5)
+    assert response.headers["Content-Length"] == "5"
+    assert "Transfer-Encoding" not in response.headers
+
+
+def test_head_has_no_body_but_keeps_length(serve):
+    server = serve(hello_app)
+    sock = raw_connect(server)
+    sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    first, second = data.split(b"HTTP/1.1 200 OK")[1:]
+    assert b"Content-Length: 13" in first and first.endswith(b"\r\n\r\n")
+    assert second.endswith(b"\r\n\r\nHello, world!")
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_bodiless_statuses_send_no_body(serve, status):
+    def app(environ, start_response):
+        start_response(status, [])
+        return [b""]
+
+    server = serve(app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    assert data.count(status.encode()) == 2
+    assert b"chunked" not in data and b"Content-Length" not in data
+    assert data.endswith(b"\r\n\r\n")
+
+
+def test_short_body_closes_connection_instead_of_hanging(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "100")])
+        return iter([b"only ten b"])
+
+    server = serve(app, validate=False)  # the validator itself would object to the lie
+    connection = http.client.HTTPConnection(*server.address[:2], timeout=5)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        response.read()
+
+
+def test_long_body_is_cut_at_content_length(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "4")])
+        return iter([b"abcdef", b"ghi"])
+
+    server = serve(app, validate=False)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until_closed(sock)
+    assert data.endswith(b"\r\n\r\nabcd")
+
+
+def test_hop_by_hop_header_from_app_is_refused(serve, caplog):
+    def app(environ, start_response):
+        start_response("200 OK", [("Connection", "keep-alive"), ("Content-Length", "2")])
+        return [b"no"]
+
+    server = serve(app, validate=False)
+    with caplog.at_level(logging.ERROR, logger="hio_http"):
+        response = requests.get(server.url, timeout=5)
+    assert response.status_code == 500
+    assert "hop-by-hop header 'Connection'" in caplog.text
+
+
+def test_app_exception_before_start_is_500_without_traceback(serve, caplog):
+    def app(environ, start_response):
+        raise RuntimeError("secret detail")
+
+    server = serve(app)
+    with caplog.at_level(logging.ERROR, logger="hio_http"):
+        response = requests.get(server.url, timeout=5)
+    assert response.status_code == 500
+    assert response.headers["Connection"] == "close"
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert "secret detail" in caplog.text  # the traceback goes to the log
+    assert requests.get(server.url, timeout=5).status_code == 500  # still serving
+
+
+def test_app_exception_after_head_truncates_chunked_response(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"partial"
+            raise RuntimeError("mid-stream")
+
+        return body()
+
+    server = serve(app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until_closed(sock)
+    assert b"7\r\npartial\r\n" in data
+    assert not data.endswith(b"0\r\n\r\n")  # never a complete-looking response
+
+
+def test_pipelined_requests_are_answered_in_order(serve):
+    def app(environ, start_response):
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = serve(app)
+    sock = raw_connect(server)
+    sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(20))
+                 + b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 200 OK")[1:]]
+    assert bodies == [b"/%d" % i for i in range(20)] + [b"/last"]
+
+
+def test_client_connection_close_is_honoured(serve):
+    server = serve(hello_app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    assert b"Connection: close" in data
+    assert data.endswith(b"Hello, world!")
+
+
+def test_expect_100_continue(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    sock.settimeout(5)
+    interim = sock.recv(1024)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"hello")
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    assert response.status == 200
+    assert json.loads(response.read())["body"] == "hello"
+
+
+def test_other_expectation_gets_417(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: magic\r\n\r\n")
+    data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 417 ")
+    assert b"Connection: close" in data
+
+
+def test_environ(serve):
+    server = serve(environ_app, root_path="/app")
+    sock = raw_connect(server)
+    sock.sendall(b"POST /app/caf%C3%A9/x%2Fy?a=1&b=%20 HTTP/1.1\r\nHost: example.org\r\n"
+                 b"Content-Type: text/plain\r\nContent-Length: 4\r\nX-Multi: one\r\n"
+                 b"X-Multi: two\r\nX_Spoof: yes\r\nConnection: close\r\n\r\nbody")
+    data = read_until_closed(sock)
+    seen = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    host, port = server.address[:2]
+    assert seen["REQUEST_METHOD"] == "POST"
+    assert seen["SCRIPT_NAME"] == "/app"
+    assert seen["PATH_INFO"] == "/caf\u00c3\u00a9/x/y"  # decoded bytes carried as latin-1
+    assert seen["QUERY_STRING"] == "a=1&b=%20"
+    assert seen["RAW_URI"] == seen["REQUEST_URI"] == "/app/caf%C3%A9/x%2Fy?a=1&b=%20"
+    assert seen["CONTENT_TYPE"] == "text/plain" and seen["CONTENT_LENGTH"] == "4"
+    assert "HTTP_CONTENT_TYPE" not in seen["http"] and "HTTP_CONTENT_LENGTH" not in seen["http"]
+    assert seen["http"]["HTTP_HOST"] == "example.org"
+    assert seen["http"]["HTTP_X_MULTI"] == "one, two"
+    assert "HTTP_X_SPOOF" not in seen["http"]  # underscores could impersonate dashes
+    assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == (host, str(port))
+    assert seen["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert seen["REMOTE_ADDR"] == "127.0.0.1" and seen["REMOTE_PORT"].isdigit()
+    assert seen["wsgi.url_scheme"] == "http"
+    assert seen["wsgi.input_terminated"] is True
+    assert (seen["wsgi.multithread"], seen["wsgi.multiprocess"], seen["wsgi.run_once"]) == (
+        False, False, False)
+    assert seen["file_wrapper"] is True
+    assert seen["body"] == "body"
+
+
+def test_chunked_request_body_reaches_app_with_length(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Connection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    seen = json.loads(read_until_closed(sock).split(b"\r\n\r\n", 1)[1])
+    assert seen["body"] == "abcde"
+    assert seen["CONTENT_LENGTH"] == "5"
+
+
+def test_write_callable_and_close_are_honoured(serve):
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            yield b" and iterable"
+
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written")
+        return Body()
+
+    server = serve(app)
+    response = requests.get(server.url, timeout=5)
+    assert response.text == "written and iterable"
+    assert closed == [True]
+
+
+def test_file_wrapper_serves_a_file(serve, tmp_path):
+    payload = bytes(range(256)) * 1000
+    path = tmp_path / "blob.bin"
+    path.write_bytes(payload)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(payload)))])
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 8192)
+
+    server = serve(app)
+    assert requests.get(server.url, timeout=5).content == payload
+
+
+def test_one_bad_connection_does_not_disturb_another(serve):
+    server = serve(hello_app)
+    good = http.client.HTTPConnection(*server.address[:2], timeout=5)
+    good.request("GET", "/")
+    assert good.getresponse().read() == b"Hello, world!"
+    bad = raw_connect(server)
+    bad.sendall(b"\x00\x01garbage\r\n\r\n")
+    assert read_until_closed(bad).startswith(b"HTTP/1.1 400 ")
+    good.request("GET", "/")
+    assert good.getresponse().read() == b"Hello, world!"
+
+
+def test_client_reset_mid_request_leaves_server_serving(serve):
+    server = serve(hello_app)
+    sock = raw_connect(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # RST
+    assert requests.get(server.url, timeout=5).text == "Hello, world!"
