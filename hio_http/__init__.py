@@ -2,6 +2,9 @@
 
 from .doing import DoDoer, Doer, Doist, doify, doize
 from .polling import Poller, poller_of
+from .requesting import Limits, Request, RequestError, Requestant
+from .responding import CustomResponder, Responder
+from .serving import BareServer, Server, ServerDoer, Settings, Steward, openServer
 from .timing import Tymee, Tymer, Tymist
 
 __version__ = "0.1.0"
@@ -9,5 +12,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DoDoer", "Doer", "Doist", "doify", "doize",
     "Poller", "poller_of",
+    "Limits", "Request", "RequestError", "Requestant",
+    "CustomResponder", "Responder",
+    "BareServer", "Server", "ServerDoer", "Settings", "Steward", "openServer",
     "Tymee", "Tymer", "Tymist",
 ]

@@ -185,12 +185,12 @@ class Steward:
             self._answer_error(self.error.status, self.error.message)
             return False
         current = requestant.current
-        if current is not None:
+        if self.eof:  # nothing complete is left to answer, and nothing more can arrive
+            self.connection.close()
+        elif current is not None:
             if not self._check_expectation(current):
                 return False
             self._expect("body", self.settings.body_timeout)
-        elif self.eof:
-            self.connection.close()
         elif requestant.busy:
             if self.state != "head":
                 self._expect("head", self.settings.header_timeout)

@@ -1,6 +1,7 @@
 """Server and raw client driven tick by tick in a simulated Doist: deterministic, no threads."""
 
 import socket
+from wsgiref.validate import validator
 
 from hio_http.doing import Doist
 from hio_http.serving import Server, ServerDoer
@@ -9,7 +10,7 @@ from hio_http.testing import run_until
 
 def app(environ, start_response):
     body = environ["PATH_INFO"].encode()
-    start_response("200 OK", [("Content-Length", str(len(body)))])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -24,7 +25,7 @@ def stream_app(environ, start_response):
 
 
 def start(app_, **settings):
-    server = Server(app_, **settings)
+    server = Server(validator(app_), **settings)
     doist = Doist(tock=0.25, real=False, doers=[ServerDoer(server)])
     doist.enter()
     return doist, server
