@@ -34,6 +34,7 @@ wsgi_logger = logging.getLogger("hio_http.wsgi")
 DONE, WAITING, BLOCKED = "done", "waiting", "blocked"
 
 SERVER_SOFTWARE = "hio_http"
+DEFAULT_SERVER = b"Server: hio_http\r\n"
 
 # RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
@@ -63,20 +64,30 @@ class BaseResponder:
 
     high_water = 64 * 1024
 
-    def __init__(self, connection, request, server_header: bytes = b"Server: hio_http\r\n"):
-        self.connection = connection
-        self.request = request
+    def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
+        self.connection = None
+        self.request = None
         self.server_header = server_header
         self.status: Optional[str] = None
         self.headers: list = []
         self.head_sent = False
-        self.keep_alive = bool(request.keep_alive)
+        self.keep_alive = False
         self.broken = False  # the response could not be completed after its head went out
         self.length: Optional[int] = None  # declared Content-Length
         self.sent = 0  # body bytes sent
         self.chunked = False
-        self.bodiless = request.method == "HEAD"
+        self.bodiless = False
         self.closed = False
+        if connection is not None:
+            self.attach(connection, request, server_header)
+
+    def attach(self, connection, request, server_header: bytes = DEFAULT_SERVER) -> None:
+        """Bind to the connection and the request this responder answers."""
+        self.connection = connection
+        self.request = request
+        self.server_header = server_header
+        self.keep_alive = bool(request.keep_alive)
+        self.bodiless = request.method == "HEAD"
 
     # -- framing ------------------------------------------------------------------------------
 
@@ -286,14 +297,15 @@ class Responder(BaseResponder):
 
 
 class CustomResponder(BaseResponder):
-    """A bare response: `status`, `headers`, and `body` bytes, an iterable of bytes (b"": not
-    yet), or `data` sent as JSON."""
+    """A bare response for a Steward to return: `status` (code or "200 OK"), `headers` (list of
+    pairs or a dict), and either `body` (bytes, or an iterable of bytes where b"" means "not yet",
+    for streaming) or `data` (sent as JSON). The Steward attaches it to its connection."""
 
-    def __init__(self, connection, request, status=200, headers=None, body=b"", data=None, **kwa):
-        super().__init__(connection, request, **kwa)
+    def __init__(self, status=200, headers=None, body=b"", data=None, **kwa):
+        super().__init__(**kwa)
         code = int(str(status)[:3])
         self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
-        self.headers = list((headers or {}).items() if isinstance(headers, dict) else headers or [])
+        self.headers = list(headers.items() if isinstance(headers, dict) else headers or [])
         if data is not None:
             body = json.dumps(data, separators=(",", ":")).encode("utf-8")
             if not any(name.lower() == "content-type" for name, _ in self.headers):
@@ -302,6 +314,7 @@ class CustomResponder(BaseResponder):
         check_headers(self.headers)
         self.whole = isinstance(body, (bytes, bytearray))
         self.iterator = iter([bytes(body)]) if self.whole else iter(body)
+        self.body = body
 
     def start(self) -> None:
         pass
@@ -334,6 +347,13 @@ class CustomResponder(BaseResponder):
             else:
                 self.send_error(500)
             return DONE
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            close = getattr(self.body, "close", None)
+            if close is not None and not self.whole:
+                close()
 
 
 def reason_of(code: int) -> str:

@@ -88,6 +88,7 @@ class Steward:
         self.settings = server.settings
         self.requestant = Requestant(server.limits)
         self.responder: Optional[BaseResponder] = None
+        self.deferred = None  # a request whose respond() said "not yet"
         self.error: Optional[RequestError] = None  # answered after the requests before it
         self.refused = False  # an error response went out; the connection is closing
         self.eof = False  # the client sent EOF
@@ -102,10 +103,15 @@ class Steward:
 
     # -- what subclasses provide --------------------------------------------------------------
 
-    def respond(self, request) -> BaseResponder:
-        """Return the responder that answers `request`. The default answers 404."""
-        return CustomResponder(self.connection, request, status=404, body=b"Not Found\n",
-                               headers=[("Content-Type", "text/plain")])
+    def respond(self, request) -> Optional[BaseResponder]:
+        """Return the responder that answers `request`, typically a `CustomResponder`, or None
+        for "not yet": it is asked again on each later pass, so an answer can wait for another
+        doer. Runs once per request otherwise. The default calls the server's `handler`, or
+        answers 404 when there is none."""
+        handler = getattr(self.server, "handler", None)
+        if handler is not None:
+            return handler(request)
+        return CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
 
     # -- Connection events --------------------------------------------------------------------
 
@@ -174,12 +180,19 @@ class Steward:
     def _begin_next(self) -> bool:
         """Start a responder for the oldest complete request, or answer an error; False: wait."""
         requestant = self.requestant
-        if requestant.requests:
-            request = requestant.requests.popleft()
+        if self.deferred is not None or requestant.requests:
+            request = self.deferred or requestant.requests.popleft()
             if self.server.closing:
                 request.keep_alive = False
-            self.responder = self.respond(request)
-            self.responder.start()
+            responder = self._responder_for(request)
+            if responder is None:  # "not yet": ask again on the next pass
+                self.deferred = request
+                self.server.waiting.add(self)
+                self._expect("waiting", None)
+                return False
+            self.deferred = None
+            self.responder = responder
+            responder.start()
             return True
         if self.error is not None:
             self._answer_error(self.error.status, self.error.message)
@@ -197,6 +210,19 @@ class Steward:
         else:
             self._expect("idle", self.settings.idle_timeout)
         return False
+
+    def _responder_for(self, request) -> Optional[BaseResponder]:
+        try:
+            responder = self.respond(request)
+        except Exception:
+            logger.exception("error in %s.respond for %s %s", type(self).__name__,
+                             request.method, request.target)
+            responder = CustomResponder(500, [("Content-Type", "text/plain")],
+                                        b"Internal Server Error\n")
+            request.keep_alive = False
+        if responder is not None and responder.connection is None:
+            responder.attach(self.connection, request, self.server.server_header)
+        return responder
 
     def _finish_response(self) -> bool:
         """Close out the finished responder; False if the connection closes after it."""
@@ -412,7 +438,13 @@ class BaseServer:
 
 
 class BareServer(BaseServer):
-    """Serves bare `Steward` subclasses: `BareServer(steward=MySteward, port=0)`."""
+    """Serves requests without WSGI: `BareServer(steward=MySteward)` with a Steward subclass
+    overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` returns a
+    `CustomResponder` (or None for "not yet")."""
+
+    def __init__(self, handler: Optional[Callable] = None, **kwa):
+        super().__init__(**kwa)
+        self.handler = handler
 
 
 class Server(BaseServer):
