@@ -126,6 +126,26 @@ class Acceptor:
                 pass
 
 
+class FileSpan:
+    """Part of a file queued for os.sendfile; owns a duplicate descriptor, so the app may close
+    its file as soon as the response is handed over."""
+
+    __slots__ = ("fd", "offset", "remaining")
+
+    def __init__(self, fd: int, offset: int, count: int):
+        self.fd = os.dup(fd)
+        self.offset = offset
+        self.remaining = count
+
+    def __len__(self) -> int:
+        return 0  # file bytes wait on disk, not in memory: they do not count as pending
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Connection:
     """An accepted socket serviced by readiness.
 
@@ -172,6 +192,20 @@ class Connection:
         self.pending += len(data)
         self._want(self._events | WRITE)
 
+    def sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Queue `count` bytes of file `fd` from `offset`, sent by os.sendfile (plain TCP only:
+        under TLS the bytes must pass through the encryption layer, so callers send blocks)."""
+        if self.closed or count <= 0:
+            return
+        span = FileSpan(fd, offset, count)
+        if not self._chunks and not self.handshaking and self._send_span(span):
+            return  # all of it went at once
+        if self.closed:
+            span.close()
+            return
+        self._chunks.append(span)
+        self._want(self._events | WRITE)
+
     def close_when_drained(self) -> None:
         """Close once everything queued has been sent (or at once if nothing is)."""
         self.pause_reading()
@@ -183,6 +217,11 @@ class Connection:
     def _flush(self) -> None:
         while self._chunks:
             chunk = self._chunks[0]
+            if type(chunk) is FileSpan:
+                if not self._send_span(chunk):
+                    return
+                self._chunks.popleft()
+                continue
             try:
                 sent = self.sock.send(chunk)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
@@ -200,6 +239,26 @@ class Connection:
             self.close()
         else:
             self.handler.drained()
+
+    def _send_span(self, span: FileSpan) -> bool:
+        """Send what the socket takes of a file span; True once it is all sent."""
+        while span.remaining:
+            try:
+                sent = os.sendfile(self.sock.fileno(), span.fd, span.offset, span.remaining)
+            except BlockingIOError:
+                self._want(self._events | WRITE)
+                return False
+            except GONE as ex:
+                self._lost(ex)
+                return False
+            if sent == 0:  # the file ended early (truncated meanwhile): the body can't be whole
+                logger.error("file ended %d bytes short while sending it", span.remaining)
+                self.close()
+                return False
+            span.offset += sent
+            span.remaining -= sent
+        span.close()
+        return True
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -305,6 +364,9 @@ class Connection:
         if self._events:
             self.poller.unregister(self.sock)
             self._events = 0
+        for chunk in self._chunks:
+            if type(chunk) is FileSpan:
+                chunk.close()
         self._chunks.clear()
         self.pending = 0
         try:

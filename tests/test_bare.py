@@ -1,0 +1,163 @@
+"""Bare handlers: Steward subclasses and handler functions answering with CustomResponder,
+over several ticks, streaming, beside a WSGI app and a user doer in one Doist."""
+
+import http.client
+import json
+import threading
+
+import requests
+
+from hio_http.doing import Doer, Doist
+from hio_http.responding import CustomResponder
+from hio_http.serving import BareServer, Server, ServerDoer, Steward
+from hio_http.testing import serve_in_thread
+
+from conftest import raw_connect, read_until_closed
+
+
+class Greeter(Steward):
+    def respond(self, request):
+        if request.path == "/hello":
+            return CustomResponder(200, {"Content-Type": "text/plain"}, b"hello, bare world")
+        if request.path == "/json":
+            return CustomResponder(data={"method": request.method, "query": request.query,
+                                         "body": request.body.read().decode()})
+        if request.path == "/boom":
+            raise ValueError("handler bug")
+        return None if request.path == "/never" else CustomResponder(404, body=b"nope")
+
+
+def test_steward_subclass_answers_with_custom_responders():
+    with serve_in_thread(cls=BareServer, steward=Greeter) as server:
+        session = requests.Session()
+        hello = session.get(server.url + "/hello", timeout=5)
+        assert (hello.status_code, hello.text) == (200, "hello, bare world")
+        assert hello.headers["Content-Length"] == "17" and hello.headers["Server"] == "hio_http"
+        posted = session.post(server.url + "/json?x=1", data=b"payload", timeout=5)
+        assert posted.headers["Content-Type"] == "application/json"
+        assert posted.json() == {"method": "POST", "query": "x=1", "body": "payload"}
+        assert session.get(server.url + "/other", timeout=5).status_code == 404
+
+
+def test_handler_exception_is_a_500_on_that_connection_only():
+    with serve_in_thread(cls=BareServer, steward=Greeter) as server:
+        assert requests.get(server.url + "/boom", timeout=5).status_code == 500
+        assert requests.get(server.url + "/hello", timeout=5).status_code == 200
+
+
+def test_bare_server_shares_the_strict_rules():
+    with serve_in_thread(cls=BareServer, steward=Greeter, max_body=10) as server:
+        sock = raw_connect(server)
+        sock.sendall(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 413 ")
+        sock = raw_connect(server)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /json HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = read_until_closed(sock)
+        assert data.index(b"hello, bare world") < data.index(b'"method":"GET"')
+
+
+class Jobs(Doer):
+    """Another doer in the same Doist: finishes jobs one tock after they are asked for."""
+
+    def __init__(self, **kwa):
+        super().__init__(**kwa)
+        self.asked, self.done_jobs = [], {}
+
+    def recur(self, tyme):
+        for job in self.asked:
+            self.done_jobs[job] = f"result of {job}"
+        self.asked = []
+        return False
+
+
+def test_handler_waits_for_another_doer_over_several_ticks():
+    jobs = Jobs(tock=0.05)
+
+    def handler(request):
+        job = request.query
+        if job in jobs.done_jobs:
+            return CustomResponder(data={"job": job, "result": jobs.done_jobs[job]})
+        if job not in jobs.asked:
+            jobs.asked.append(job)
+        return None  # not yet: asked again on the next pass
+
+    doist = Doist(tock=0.01, real=True)
+    server = BareServer(handler=handler, poller=doist.poller)
+    server.open()
+    answers = []
+
+    def client():
+        session = requests.Session()
+        for name in ("a", "b", "c"):
+            answers.append(session.get(f"{server.url}/job?{name}", timeout=5).json())
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    stop = StopWhen(doist, lambda: not thread.is_alive())
+    doist.do(doers=[ServerDoer(server), jobs, stop], limit=20)
+    thread.join()
+    assert answers == [{"job": n, "result": f"result of {n}"} for n in "abc"]
+
+
+class StopWhen(Doer):
+    """Ends its Doist's run once `condition()` holds."""
+
+    def __init__(self, doist, condition, **kwa):
+        super().__init__(**kwa)
+        self.doist, self.condition = doist, condition
+
+    def recur(self, tyme):
+        if self.condition():
+            self.doist.remove(list(self.doist.doers))
+        return False
+
+
+def test_steward_streams_with_not_yet_items():
+    def handler(request):
+        def ticks():
+            for word in (b"one", b"", b"", b"two", b"", b"three"):
+                yield word
+        return CustomResponder(200, [("Content-Type", "text/plain")], ticks())
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        connection = http.client.HTTPConnection(*server.address[:2], timeout=5)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked"
+        assert response.read() == b"onetwothree"
+
+
+def test_wsgi_and_bare_servers_and_a_user_doer_in_one_doist():
+    def wsgi_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"from wsgi"]
+
+    doist = Doist(tock=0.01, real=True)
+    wsgi = Server(wsgi_app, poller=doist.poller).open()
+    bare = BareServer(steward=Greeter, poller=doist.poller).open()
+    jobs = Jobs(tock=0.01)
+    counted = []
+
+    class Counter(Doer):
+        def recur(self, tyme):
+            counted.append(tyme)
+            return False
+
+    results = []
+
+    def client():
+        session = requests.Session()
+        for _ in range(10):
+            results.append(session.get(wsgi.url, timeout=5).text)
+            results.append(session.get(bare.url + "/hello", timeout=5).text)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    doers = [ServerDoer(wsgi), ServerDoer(bare), jobs, Counter(tock=0.0),
+             StopWhen(doist, lambda: not thread.is_alive())]
+    doist.do(doers=doers, limit=20)
+    thread.join()
+    assert results == ["from wsgi", "hello, bare world"] * 10
+    assert len(counted) >= 2
+    assert wsgi.acceptor is None and bare.acceptor is None
