@@ -272,30 +272,25 @@ class Connection:
             self._want(self._events | READ)
 
     def _receive(self) -> None:
+        """Read what is ready; under TLS also what the TLS layer already decrypted, which the
+        selector cannot see."""
+        while self._receive_once() and self.tls and self.reading and self.sock.pending():
+            pass
+
+    def _receive_once(self) -> bool:
+        """One recv handed to the handler; False when nothing more can be read now."""
         try:
             data = self.sock.recv(RECEIVE_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
+            return False
         except GONE as ex:
             self._lost(ex)
-            return
+            return False
         if not data:
             self._ended()
-            return
+            return False
         self.handler.received(data)
-        # TLS may hold decrypted bytes that the selector cannot see: drain them now.
-        while self.tls and self.reading and not self.closed and self.sock.pending():
-            try:
-                data = self.sock.recv(RECEIVE_SIZE)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                return
-            except GONE as ex:
-                self._lost(ex)
-                return
-            if not data:
-                self._ended()
-                return
-            self.handler.received(data)
+        return not self.closed
 
     def _ended(self) -> None:
         """EOF from the peer: stop reading; the handler decides whether to answer or close."""

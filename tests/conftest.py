@@ -1,6 +1,8 @@
 """Shared fixtures: apps wrapped in wsgiref's validator, servers on free ports, raw clients."""
 
 import socket
+import ssl
+import subprocess
 import time
 from wsgiref.validate import validator
 
@@ -68,3 +70,22 @@ def is_closed(sock, timeout=3.0):
         return True
     except socket.timeout:
         return False
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert path, key path)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def server_context(certificate):
+    """A server-side TLS context for `certificate`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context

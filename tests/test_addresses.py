@@ -2,11 +2,11 @@
 
 import http.client
 import socket
-import ssl
-import subprocess
 
 import pytest
 import requests
+
+from conftest import server_context
 
 
 def app(environ, start_response):
@@ -38,28 +38,12 @@ def test_unix_socket(serve, tmp_path):
         assert response.read() == b"http 127.0.0.1"
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
-
-
-def server_context(certificate):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    return context
-
-
 def test_tls_with_requests(serve, certificate):
     server = serve(app, ssl_context=server_context(certificate))
     assert server.url.startswith("https://127.0.0.1:")
     session = requests.Session()
     for _ in range(3):  # keep-alive over TLS
-        response = session.get(server.url, verify=str(certificate[0]), timeout=5)
+        response = session.get(server.url, verify=certificate[0], timeout=5)
         assert response.text == "https 127.0.0.1"
 
 
@@ -72,7 +56,7 @@ def test_tls_large_upload(serve, certificate):
         return [body]
 
     server = serve(echo_size, ssl_context=server_context(certificate))
-    response = requests.post(server.url, data=b"u" * 3_000_000, verify=str(certificate[0]),
+    response = requests.post(server.url, data=b"u" * 3_000_000, verify=certificate[0],
                              timeout=10)
     assert response.text == "3000000"
 
@@ -80,7 +64,7 @@ def test_tls_large_upload(serve, certificate):
 def test_stalled_tls_handshake_is_closed_and_others_served(serve, certificate):
     server = serve(app, ssl_context=server_context(certificate), handshake_timeout=0.4)
     stalled = socket.create_connection(server.address[:2], timeout=5)
-    assert requests.get(server.url, verify=str(certificate[0]), timeout=5).status_code == 200
+    assert requests.get(server.url, verify=certificate[0], timeout=5).status_code == 200
     stalled.settimeout(5)
     assert stalled.recv(1024) == b""  # closed by the server at its handshake deadline
 
@@ -93,4 +77,4 @@ def test_plain_http_to_tls_port_does_not_hurt(serve, certificate):
             sock.recv(1024)  # whatever the TLS layer answers, then the connection ends
         except ConnectionResetError:
             pass
-    assert requests.get(server.url, verify=str(certificate[0]), timeout=5).status_code == 200
+    assert requests.get(server.url, verify=certificate[0], timeout=5).status_code == 200

@@ -4,15 +4,13 @@ reading, and "not yet" items that never hold up other connections."""
 import hashlib
 import os
 import socket
-import ssl
-import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import raw_connect
+from conftest import raw_connect, server_context
 
 
 @pytest.fixture
@@ -67,21 +65,9 @@ def test_file_wrapper_head_sends_length_only(serve, big_file, sendfile_calls):
     assert sendfile_calls == []
 
 
-@pytest.fixture(scope="module")
-def tls_context(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    return context, str(cert)
-
-
-def test_file_wrapper_under_tls_is_read_in_blocks(serve, big_file, sendfile_calls, tls_context):
-    context, cert = tls_context
-    server = serve(file_app(big_file), validate=False, ssl_context=context)
+def test_file_wrapper_under_tls_is_read_in_blocks(serve, big_file, sendfile_calls, certificate):
+    cert = certificate[0]
+    server = serve(file_app(big_file), validate=False, ssl_context=server_context(certificate))
     response = requests.get(server.url, verify=cert, timeout=20)
     assert hashlib.sha256(response.content).hexdigest() == sha256_of(big_file)
     assert sendfile_calls == []
