@@ -5,6 +5,8 @@ from .polling import Poller, poller_of
 from .requesting import Limits, Request, RequestError, Requestant
 from .responding import CustomResponder, Responder
 from .serving import BareServer, Server, ServerDoer, Settings, Steward, openServer
+from .sse import Broadcaster, format_event
+from .static import StaticSink
 from .timing import Tymee, Tymer, Tymist
 
 __version__ = "0.1.0"
@@ -15,5 +17,6 @@ __all__ = [
     "Limits", "Request", "RequestError", "Requestant",
     "CustomResponder", "Responder",
     "BareServer", "Server", "ServerDoer", "Settings", "Steward", "openServer",
+    "Broadcaster", "format_event", "StaticSink",
     "Tymee", "Tymer", "Tymist",
 ]

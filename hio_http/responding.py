@@ -350,6 +350,10 @@ class CustomResponder(BaseResponder):
         pass
 
     def pump(self) -> str:
+        if self.bodiless and not self.head_sent:  # HEAD: the head alone, without the body
+            self.send_head(bytes(self.body) if self.whole else b"", last=self.whole)
+            self.finish()
+            return DONE
         try:
             while self.connection.pending < self.high_water:
                 if self.connection.closed:
@@ -369,6 +373,9 @@ class CustomResponder(BaseResponder):
                     self.send_body(chunk)
                 else:
                     self.send_head(chunk, last=self.whole)
+                if self.bodiless:  # HEAD, 204, 304: the rest would be discarded anyway
+                    self.finish()
+                    return DONE
             return BLOCKED
         except Exception:
             logger.exception("error in response body for %s", self.request.target)

@@ -136,6 +136,11 @@ class Steward:
 
     def ended(self) -> None:
         self.eof = True
+        if self.state == "waiting":
+            # A client gone while its response waits for data (long-poll, event stream) would
+            # otherwise only be noticed at the next write: free the connection now.
+            self.connection.close()
+            return
         self.advance()
 
     def closed(self) -> None:

@@ -161,3 +161,18 @@ def test_wsgi_and_bare_servers_and_a_user_doer_in_one_doist():
     assert results == ["from wsgi", "hello, bare world"] * 10
     assert len(counted) >= 2
     assert wsgi.acceptor is None and bare.acceptor is None
+
+
+def test_head_on_a_streamed_bare_response_ends_at_once():
+    def handler(request):
+        def forever():
+            while True:
+                yield b""  # never ready: a HEAD must not wait for it
+        return CustomResponder(200, [("Content-Type", "text/plain")], forever())
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        sock = raw_connect(server)
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = read_until_closed(sock)
+        assert data.count(b"HTTP/1.1 200 OK") == 2

@@ -4,6 +4,7 @@ import http.client
 import json
 import logging
 import socket
+import time
 
 import pytest
 import requests
@@ -315,6 +316,9 @@ def test_write_callable_and_close_are_honoured(serve):
     server = serve(app)
     response = requests.get(server.url, timeout=5)
     assert response.text == "written and iterable"
+    deadline = time.monotonic() + 5  # close() follows the last bytes, on the server's thread
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert closed == [True]
 
 

@@ -157,3 +157,26 @@ def test_not_yet_items_resume_without_blocking_others(serve):
                 break
             data += chunk
         assert data.endswith(b"8\r\nreleased\r\n0\r\n\r\n")
+
+
+def test_client_gone_during_a_parked_response_frees_it_at_once(serve):
+    closed = threading.Event()
+
+    class Forever:
+        def __iter__(self):
+            while True:
+                yield b""
+
+        def close(self):
+            closed.set()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Forever()
+
+    server = serve(app, validate=False)  # the validator's wrapper would hide our close()
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    sock.close()
+    assert closed.wait(3), "the app's iterable was not closed when its client left"
