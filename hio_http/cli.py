@@ -68,7 +68,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"hio-http: cannot listen on {host}:{port}: {ex.strerror or ex}")
     logger.info("serving %s on %s", args.app or "the demo app", server.url)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the loop like Ctrl-C: doers exit
-    Doist(tock=args.tock, real=True, doers=[ServerDoer(server)]).do()
+    doers = [ServerDoer(server)]
+    if app is None:  # the demo's clock feeds its event stream from the same loop
+        from . import demo
+        doers += demo.doers()
+    Doist(tock=args.tock, real=True, doers=doers).do()
     logger.info("stopped")
     return 0
 

@@ -1,8 +1,17 @@
-"""The built-in demo: a small Falcon app served when no app is named on the command line."""
+"""The built-in demo: a small Falcon app served when no app is named on the command line, with
+static pages and a Server-Sent Events stream fed by a clock doer in the same loop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import falcon
+
+from .doing import Doer
+from .sse import Broadcaster
+from .static import StaticSink
+
+STATIC = Path(__file__).resolve().parent / "demo_static"
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -14,10 +23,13 @@ PAGE = """<!doctype html>
 <li><a href="/hello">/hello</a> — plain text</li>
 <li><a href="/json">/json</a> — JSON</li>
 <li><a href="/echo/anything">/echo/{word}</a> — a path parameter</li>
+<li><a href="/static/events.html">/static/events.html</a> — live Server-Sent Events</li>
 </ul>
 </body>
 </html>
 """
+
+events = Broadcaster(heartbeat=15.0)
 
 
 class Home:
@@ -46,13 +58,40 @@ class Echo:
         resp.media = {"word": word, "received": len(data)}
 
 
+class Events:
+    def on_get(self, req, resp):
+        events.stream(req, resp)
+
+
+class Clock(Doer):
+    """Publishes a "tick" event to every /events subscriber each tock."""
+
+    def __init__(self, broadcaster: Broadcaster = events, **kwa):
+        kwa.setdefault("tock", 0.5)
+        super().__init__(**kwa)
+        self.broadcaster = broadcaster
+        self.count = 0
+
+    def recur(self, tyme: float) -> bool:
+        self.count += 1
+        self.broadcaster.publish(f"tick {self.count} at tyme {tyme:.2f}", event="tick")
+        return False
+
+
 def create_app() -> falcon.App:
     demo = falcon.App()
     demo.add_route("/", Home())
     demo.add_route("/hello", Hello())
     demo.add_route("/json", Json())
     demo.add_route("/echo/{word}", Echo())
+    demo.add_route("/events", Events())
+    demo.add_sink(StaticSink(STATIC, prefix="/static"), "/static")
     return demo
+
+
+def doers() -> list:
+    """The doers that make the demo live: run them beside its ServerDoer."""
+    return [Clock()]
 
 
 app = create_app()

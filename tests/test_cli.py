@@ -48,6 +48,15 @@ def test_demo_app_served_by_the_command_line(command):
         assert requests.get(url + "/echo/hi?x=1", timeout=5).json() == {
             "word": "hi", "query": {"x": "1"}}
         assert "hio_http is serving" in requests.get(url + "/", timeout=5).text
+        page = requests.get(url + "/static/events.html", timeout=5)
+        assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert 'new EventSource("/events")' in requests.get(
+            url + "/static/events.js", timeout=5).text
+        with requests.get(url + "/events", stream=True, timeout=5) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            first_tick = next(line for line in lines if line.startswith(b"data: tick"))
+            assert re.match(rb"data: tick \d+ at tyme", first_tick)
     finally:
         code = stop(process)
     assert code == 0
