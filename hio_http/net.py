@@ -77,12 +77,19 @@ def _is_stale_unix_socket(path: str) -> bool:
 class Acceptor:
     """A listening socket that hands each accepted connection to `on_accept(sock, peer)`."""
 
-    def __init__(self, address: Address, poller: Poller,
+    def __init__(self, address: Optional[Address], poller: Poller,
                  on_accept: Callable[[socket.socket, object], None],
-                 backlog: int = 1024, reuse_port: bool = False):
+                 backlog: int = 1024, reuse_port: bool = False,
+                 sock: Optional[socket.socket] = None):
+        """Listen on `address`, or accept on `sock`, a listening socket opened elsewhere (for
+        example by a supervisor before forking workers): that one is closed but never unlinked."""
         self.poller = poller
         self.on_accept = on_accept
-        self.sock = listen(address, backlog=backlog, reuse_port=reuse_port)
+        self.owned = sock is None
+        if sock is None:
+            sock = listen(address, backlog=backlog, reuse_port=reuse_port)
+        sock.setblocking(False)
+        self.sock = sock
         self.address = self.sock.getsockname()
         self.unix = self.sock.family == socket.AF_UNIX
         self.accepting = False
@@ -117,7 +124,7 @@ class Acceptor:
 
     def close(self) -> None:
         self.pause()
-        path = self.address if self.unix else None
+        path = self.address if self.unix and self.owned else None
         self.sock.close()
         if path:
             try:

@@ -23,17 +23,17 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import socket
-import ssl
 import time
 from typing import Callable, Iterator, Optional
 
+from .accesslog import AccessLog
 from .doing import Doer
-from .net import Acceptor, Connection, is_unix
+from .net import Acceptor, Connection
 from .polling import READ, Poller, poller_of
-from .requesting import Limits, RequestError, Requestant
+from .requesting import RequestError, Requestant
+from .settings import Settings
 from .responding import (BLOCKED, DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
                          FileWrapper, Responder, build_environ)
 
@@ -41,39 +41,6 @@ logger = logging.getLogger("hio_http.server")
 
 __all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
            "openServer"]
-
-
-@dataclasses.dataclass
-class Settings:
-    """Every setting of a server, with its default. Times are seconds, sizes bytes."""
-
-    host: str = "127.0.0.1"  # address to listen on ("::1" or "::" for IPv6)
-    port: int = 0  # 0: any free port; read the real one from Server.address
-    unix: Optional[str] = None  # listen on this unix socket path instead of host:port
-    ssl_context: Optional[ssl.SSLContext] = None  # serve TLS (https) with this context
-    root_path: str = ""  # SCRIPT_NAME prefix the app is mounted under
-    backlog: int = 1024  # kernel queue of connections not yet accepted
-    max_connections: int = 1000  # beyond this, new connections wait in the backlog
-    max_pipeline: int = 16  # parsed requests queued per connection before reading pauses
-    idle_timeout: float = 75.0  # keep-alive connection with no request in progress
-    header_timeout: float = 10.0  # from a request's first byte to the end of its head
-    body_timeout: float = 30.0  # longest pause while a request body arrives
-    write_timeout: float = 60.0  # longest a client may leave our send buffer undrained
-    handshake_timeout: float = 10.0  # TLS handshake
-    sweep_interval: float = 0.5  # how often deadlines are checked (bounded by the timeouts)
-    high_water: int = 64 * 1024  # stop pulling a response body beyond this much unsent
-    max_request_line: int = Limits.max_request_line  # -> 414
-    max_header_bytes: int = Limits.max_header_bytes  # -> 431
-    max_header_count: int = Limits.max_header_count  # -> 431
-    max_body: int = Limits.max_body  # -> 413
-    spill_threshold: int = Limits.spill_threshold  # larger bodies go to a temporary file
-    server_header: str = "hio_http"  # value of the Server header ("" to send none)
-
-    def limits(self) -> Limits:
-        return Limits(max_request_line=self.max_request_line,
-                      max_header_bytes=self.max_header_bytes,
-                      max_header_count=self.max_header_count, max_body=self.max_body,
-                      spill_threshold=self.spill_threshold)
 
 
 class Steward:
@@ -89,6 +56,7 @@ class Steward:
         self.requestant = Requestant(server.limits)
         self.responder: Optional[BaseResponder] = None
         self.deferred = None  # a request whose respond() said "not yet"
+        self.started = 0.0  # when the current response began (for the access log)
         self.error: Optional[RequestError] = None  # answered after the requests before it
         self.refused = False  # an error response went out; the connection is closing
         self.eof = False  # the client sent EOF
@@ -177,6 +145,16 @@ class Steward:
             return
         self._regulate_reading()
 
+    def wind_down(self) -> None:
+        """The server is shutting down: close now if idle, else after the current response."""
+        if self.responder is None and self._idle():
+            self.connection.close()
+
+    def _idle(self) -> bool:
+        requestant = self.requestant
+        return (self.deferred is None and not requestant.requests and requestant.current is None
+                and not requestant.busy and self.error is None)
+
     def resume(self) -> None:
         """A later pass for a responder that said "not yet"."""
         self.server.waiting.discard(self)
@@ -197,14 +175,16 @@ class Steward:
                 return False
             self.deferred = None
             self.responder = responder
+            if self.server.access is not None:
+                self.started = time.time()
             responder.start()
             return True
         if self.error is not None:
             self._answer_error(self.error.status, self.error.message)
             return False
         current = requestant.current
-        if self.eof:  # nothing complete is left to answer, and nothing more can arrive
-            self.connection.close()
+        if self.eof or (self.server.closing and self._idle()):
+            self.connection.close()  # nothing is left to answer, or we are shutting down
         elif current is not None:
             if not self._check_expectation(current):
                 return False
@@ -234,6 +214,8 @@ class Steward:
         responder, self.responder = self.responder, None
         self.server.waiting.discard(self)
         responder.close()
+        if self.server.access is not None:
+            self.server.access.log(self.connection.peer, responder, self.started)
         if responder.broken:
             self.connection.close()  # a truncated response must not look complete
             return False
@@ -322,7 +304,7 @@ class BaseServer:
     steward_class: type = Steward
 
     def __init__(self, poller: Optional[Poller] = None, clock: Optional[Callable] = None,
-                 steward: Optional[type] = None, **settings):
+                 steward: Optional[type] = None, sockets: Optional[list] = None, **settings):
         self.settings = Settings(**settings)
         self.limits = self.settings.limits()
         self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
@@ -332,35 +314,64 @@ class BaseServer:
         self.poller = poller
         self.owns_poller = False
         self.clock = clock or time.monotonic
-        self.acceptor: Optional[Acceptor] = None
+        self.acceptors: list = []
+        self.sockets = list(sockets or [])  # listening sockets opened elsewhere (workers)
         self.stewards: set = set()
         self.waiting: set = set()
         self.closing = False
         self.opened = False
+        self.access = AccessLog(self.settings.access_log_format) if self.settings.access_log else None
         self._next_sweep = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def open(self) -> "BaseServer":
-        """Start listening; returns once the socket is bound and listening."""
+        """Start listening; returns once every socket is bound and listening."""
         if self.opened:
             return self
         if self.poller is None:
             self.poller = Poller()
             self.owns_poller = True
         settings = self.settings
-        address = settings.unix if settings.unix else (settings.host, settings.port)
-        self.acceptor = Acceptor(address, self.poller, self._accept, backlog=settings.backlog)
+        try:
+            for sock in self.sockets:
+                self.acceptors.append(Acceptor(None, self.poller, self._accept, sock=sock))
+            if not self.sockets:
+                for address in self.bind_addresses():
+                    self.acceptors.append(Acceptor(address, self.poller, self._accept,
+                                                   backlog=settings.backlog,
+                                                   reuse_port=settings.reuse_port))
+        except BaseException:
+            self._close_acceptors()
+            raise
         self.opened = True
         self.closing = False
         self._next_sweep = self.clock() + self.sweep_interval
         return self
 
+    def bind_addresses(self) -> list:
+        settings = self.settings
+        first = settings.unix if settings.unix else (settings.host, settings.port)
+        return [first, *settings.binds]
+
+    def shutdown(self) -> None:
+        """Begin a graceful stop: listen no more, close idle connections, and let those with a
+        request in flight finish it (their response ends the connection). `drained` turns True
+        when the last one closes; `close()` ends the rest at once."""
+        if self.closing:
+            return
+        self.closing = True
+        self._close_acceptors()
+        for steward in list(self.stewards):
+            steward.wind_down()
+
+    @property
+    def drained(self) -> bool:
+        return self.closing and not self.stewards
+
     def close(self) -> None:
         """Stop listening and close every connection now."""
-        if self.acceptor is not None:
-            self.acceptor.close()
-            self.acceptor = None
+        self._close_acceptors()
         for steward in list(self.stewards):
             steward.connection.close()
         self.stewards.clear()
@@ -371,21 +382,40 @@ class BaseServer:
             self.owns_poller = False
         self.opened = False
 
+    def _close_acceptors(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
+        self.acceptors = []
+
+    @property
+    def acceptor(self) -> Optional[Acceptor]:
+        """The first listening socket's acceptor (None when not listening)."""
+        return self.acceptors[0] if self.acceptors else None
+
     @property
     def address(self):
-        """The bound address: (host, port) (IPv6: (host, port, flow, scope)) or a unix path."""
-        return self.acceptor.address if self.acceptor else None
+        """The first bound address: (host, port) (IPv6: (host, port, flow, scope)) or a path."""
+        return self.acceptors[0].address if self.acceptors else None
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.settings.ssl_context else "http"
-        if self.acceptor is None:
+        """The URL of the first listening socket."""
+        if not self.acceptors:
             raise RuntimeError("the server is not open")
-        if self.acceptor.unix:
-            return f"{scheme}+unix://{self.address}"
-        host, port = self.address[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"{scheme}://{host}:{port}"
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list:
+        scheme = "https" if self.settings.ssl_context else "http"
+        urls = []
+        for acceptor in self.acceptors:
+            if acceptor.unix:
+                urls.append(f"{scheme}+unix://{acceptor.address}")
+            else:
+                host, port = acceptor.address[:2]
+                host = f"[{host}]" if ":" in host else host
+                urls.append(f"{scheme}://{host}:{port}")
+        return urls
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -433,13 +463,14 @@ class BaseServer:
         if not steward.connection.closed:
             self.stewards.add(steward)
         if len(self.stewards) >= self.settings.max_connections:
-            self.acceptor.pause()
+            for acceptor in self.acceptors:
+                acceptor.pause()
 
     def forget(self, steward: Steward) -> None:
         self.stewards.discard(steward)
-        if (self.acceptor is not None and not self.acceptor.accepting and not self.closing
-                and len(self.stewards) < self.settings.max_connections):
-            self.acceptor.resume()
+        if not self.closing and len(self.stewards) < self.settings.max_connections:
+            for acceptor in self.acceptors:
+                acceptor.resume()
 
 
 class BareServer(BaseServer):
@@ -496,13 +527,19 @@ class ServerDoer(Doer):
 
     Under this package's Doist the server shares the Doist's Poller, so its sockets are
     serviced the moment they are ready; under a scheduler without one (hio's Doist) the server
-    polls its own Poller on each turn.
+    polls its own Poller on each turn. `stop()` (safe to call from a signal handler) begins a
+    graceful shutdown; the doer is done once the server drained or `graceful_timeout` passed.
     """
 
     def __init__(self, server: BaseServer, **kwa):
         super().__init__(**kwa)
         self.server = server
         self.nested: Optional[Poller] = None
+        self.stopping = False
+        self.stop_deadline: Optional[float] = None
+
+    def stop(self) -> None:
+        self.stopping = True
 
     def enter(self) -> None:
         server = self.server
@@ -519,7 +556,15 @@ class ServerDoer(Doer):
             self.nested = server.poller
 
     def recur(self, tyme: float) -> bool:
-        self.server.service()
+        server = self.server
+        server.service()
+        if self.stopping:
+            now = server.clock()
+            if self.stop_deadline is None:
+                self.stop_deadline = now + server.settings.graceful_timeout
+                server.shutdown()
+            if server.drained or now >= self.stop_deadline:
+                return True
         return False
 
     def exit(self) -> None:
@@ -529,7 +574,6 @@ class ServerDoer(Doer):
                 shared.unregister(self.nested)
             self.nested = None
         self.server.close()
-
 
 
 @contextlib.contextmanager

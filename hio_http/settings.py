@@ -1,0 +1,69 @@
+"""Every setting of a server, with its default and a line of help: one table that the servers,
+the command line, environment variables and config files all read.
+
+Times are seconds, sizes bytes. Nothing here opens sockets or reads files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from typing import Any, Optional
+
+from .requesting import Limits
+
+
+def setting(default: Any, help: str, *, cli: bool = True) -> Any:
+    """A field of Settings: its default, its help line, and whether the command line offers it."""
+    return dataclasses.field(default=default, metadata={"help": help, "cli": cli})
+
+
+@dataclasses.dataclass
+class Settings:
+    """The settings of a server (`Server(app, **settings)`), each with its default."""
+
+    host: str = setting("127.0.0.1", 'address to listen on ("::1" or "::" for IPv6)')
+    port: int = setting(0, "port to listen on; 0 picks a free one (see Server.address)")
+    unix: Optional[str] = setting(None, "listen on this unix socket path instead of host:port")
+    binds: tuple = setting((), "further addresses: (host, port) pairs or unix paths", cli=False)
+    ssl_context: Optional[ssl.SSLContext] = setting(None, "serve TLS with this context", cli=False)
+    root_path: str = setting("", "SCRIPT_NAME prefix the app is mounted under")
+    backlog: int = setting(1024, "kernel queue of connections not yet accepted")
+    reuse_port: bool = setting(False, "set SO_REUSEPORT on listening sockets")
+    max_connections: int = setting(1000, "beyond this, new connections wait in the backlog")
+    max_pipeline: int = setting(16, "parsed requests queued per connection before reading pauses")
+    idle_timeout: float = setting(75.0, "close a keep-alive connection idle this long")
+    header_timeout: float = setting(10.0, "from a request's first byte to the end of its head")
+    body_timeout: float = setting(30.0, "longest pause while a request body arrives")
+    write_timeout: float = setting(60.0, "longest a client may leave the send buffer undrained")
+    handshake_timeout: float = setting(10.0, "time allowed for a TLS handshake")
+    graceful_timeout: float = setting(30.0, "on shutdown, time allowed for in-flight requests")
+    sweep_interval: float = setting(0.5, "how often deadlines are checked")
+    high_water: int = setting(64 * 1024, "pull no more response body while this much is unsent")
+    max_request_line: int = setting(Limits.max_request_line, "longest request line (414)")
+    max_header_bytes: int = setting(Limits.max_header_bytes, "largest header section (431)")
+    max_header_count: int = setting(Limits.max_header_count, "most header fields (431)")
+    max_body: int = setting(Limits.max_body, "largest request body (413)")
+    spill_threshold: int = setting(Limits.spill_threshold,
+                                   "request bodies larger than this wait in a temporary file")
+    server_header: str = setting("hio_http", 'Server header value ("" sends none)')
+    forwarded_allow_ips: str = setting(
+        "127.0.0.1,::1", "peers (IPs or CIDR, '*' for all) whose Forwarded / X-Forwarded-* "
+        "headers and PROXY protocol lines are trusted; from others they are removed")
+    proxy_protocol: bool = setting(False, "expect a PROXY protocol v1/v2 header from trusted "
+                                          "peers before HTTP")
+    access_log: bool = setting(False, "log one line per response to the hio_http.access logger",
+                               cli=False)
+    access_log_format: str = setting("combined", 'access log format: "common", "combined" or '
+                                                 "a template with {fields}")
+
+    def limits(self) -> Limits:
+        return Limits(max_request_line=self.max_request_line,
+                      max_header_bytes=self.max_header_bytes,
+                      max_header_count=self.max_header_count, max_body=self.max_body,
+                      spill_threshold=self.spill_threshold)
+
+
+def fields() -> list:
+    """The Settings fields, in order."""
+    return list(dataclasses.fields(Settings))
