@@ -1,84 +1,230 @@
-"""The command line: `hio-http [--host H] [--port P | --bind H:P] [module:app]`."""
+"""The command line: `hio-http [OPTIONS] [module:app]` (also `python -m hio_http`).
+
+A mistake a user can make (an app that does not import, a port in use, a missing certificate)
+is reported in one line with a non-zero exit, never a traceback. SIGTERM or SIGINT stop
+gracefully (a second one stops at once); SIGHUP reopens log files.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
+import os
 import signal
+import ssl
 import sys
 from typing import Optional, Sequence
 
-from . import __version__
-from .doing import Doist
+from .config import ConfigError, gather, parse_bind, settings_from
+from .doing import Doer, Doist
+from .net import listen
 from .serving import Server, ServerDoer
+from .workers import Supervisor
 
 logger = logging.getLogger("hio_http")
 
 
-def load_app(spec: str):
-    """Import `module:attribute` (attribute defaults to `app`) and return the WSGI callable."""
-    module_name, _, attribute = spec.partition(":")
-    attribute = attribute or "app"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as ex:
-        raise SystemExit(f"hio-http: cannot import {module_name!r}: {ex}")
-    try:
-        app = getattr(module, attribute)
-    except AttributeError:
-        raise SystemExit(f"hio-http: module {module_name!r} has no attribute {attribute!r}")
-    if not callable(app):
-        raise SystemExit(f"hio-http: {spec!r} is not callable")
-    return app
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hio-http", description="Serve a WSGI app on the hio_http doer loop.")
-    parser.add_argument("app", nargs="?", default=None,
-                        help="the WSGI app as module:attribute (default: the built-in demo)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
-    parser.add_argument("--bind", type=parse_bind, metavar="HOST:PORT",
-                        help="address and port together (overrides --host/--port)")
-    parser.add_argument("--tock", type=float, default=0.03125, help="seconds per tick")
-    parser.add_argument("--version", action="version", version=f"hio_http {__version__}")
-    return parser
+class UsageError(Exception):
+    """Reported as one line and exit code 2."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.app is not None and "" not in sys.path:
-        sys.path.insert(0, "")  # like python -m: apps in the current directory import
-    app = load_app(args.app) if args.app else None
-    host, port = args.bind if args.bind else (args.host, args.port)
-    server = Server(app, host=host, port=port)
     try:
-        server.open()
+        options = gather(argv)
+        configure_logging(options)
+        app = load_app(options)
+        addresses = bind_addresses(options)
+        settings = settings_from(options)
+        settings["ssl_context"] = tls_context(options)
+    except (ConfigError, UsageError) as ex:
+        print(f"hio-http: error: {ex}", file=sys.stderr)
+        return 2
+    try:
+        sockets = [listen(address, backlog=settings["backlog"],
+                          reuse_port=settings["reuse_port"]) for address in addresses]
     except OSError as ex:
-        raise SystemExit(f"hio-http: cannot listen on {host}:{port}: {ex.strerror or ex}")
-    logger.info("serving %s on %s", args.app or "the demo app", server.url)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the loop like Ctrl-C: doers exit
-    doers = [ServerDoer(server)]
-    if app is None:  # the demo's clock feeds its event stream from the same loop
+        print(f"hio-http: error: cannot listen on {describe(addresses)}: "
+              f"{ex.strerror or ex}", file=sys.stderr)
+        return 1
+    scheme = "https" if settings["ssl_context"] else "http"
+    for sock in sockets:
+        logger.info("serving %s on %s", options["app"] or "the demo app", url_of(sock, scheme))
+
+    def work() -> int:
+        return serve(app, sockets, settings, options)
+
+    if options["workers"] > 1:
+        supervisor = Supervisor(options["workers"], work, settings["graceful_timeout"],
+                                on_hangup=reopen_logs)
+        code = supervisor.run()
+    else:
+        code = work()
+    for sock in sockets:
+        sock.close()
+    for address in addresses:
+        if isinstance(address, str) and os.path.exists(address):
+            os.unlink(address)
+    return code
+
+
+def serve(app, sockets, settings: dict, options: dict) -> int:
+    """Run one loop serving `app` on `sockets` until a signal stops it."""
+    doist = Doist(tock=options["tock"], real=True)
+    server = Server(app, poller=doist.poller, sockets=sockets, **settings)
+    server.open()
+    server_doer = ServerDoer(server)
+    doers = [server_doer]
+    if options["app"] is None:  # the demo's clock feeds its event stream
         from . import demo
         doers += demo.doers()
-    Doist(tock=args.tock, real=True, doers=doers).do()
-    logger.info("stopped")
+    doers.append(EndWith(doist, server_doer))
+    stopper = GracefulStop(server_doer)
+    signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGINT, stopper)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reopen_logs())
+    doist.do(doers=doers)
+    logger.info("stopped (pid %d)", os.getpid())
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class GracefulStop:
+    """Signal handler: the first signal begins a graceful stop, the second stops at once."""
+
+    def __init__(self, server_doer: ServerDoer):
+        self.server_doer = server_doer
+        self.signalled = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.signalled:
+            raise KeyboardInterrupt  # the Doist exits every doer, closing all sockets
+        self.signalled = True
+        logger.info("stopping: finishing requests in flight (signal %d)", signum)
+        self.server_doer.stop()
+
+
+class EndWith(Doer):
+    """Ends the Doist's run (every other doer is ceased) once `doer` is done."""
+
+    def __init__(self, doist: Doist, doer, **kwa):
+        super().__init__(**kwa)
+        self.doist, self.doer = doist, doer
+
+    def recur(self, tyme: float) -> bool:
+        if self.doer.done:
+            self.doist.remove([d for d in self.doist.doers if d is not self])
+            return True
+        return False
+
+
+def load_app(options: dict):
+    """Import `module:attribute` (attribute defaults to `app`); None means the demo."""
+    spec = options["app"]
+    if not spec:
+        return None
+    app_dir = os.path.abspath(options["app_dir"])
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    factory = options["factory"] or attribute.endswith("()")
+    attribute = attribute.removesuffix("()")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as ex:  # ImportError, or any error raised while the module runs
+        raise UsageError(f"cannot import {module_name!r}: {type(ex).__name__}: {ex}") from None
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if factory:
+        if not callable(app):
+            raise UsageError(f"factory {spec!r} is not callable")
+        try:
+            app = app()
+        except Exception as ex:
+            raise UsageError(f"factory {spec!r} failed: {type(ex).__name__}: {ex}") from None
+    if not callable(app):
+        raise UsageError(f"{spec!r} is not a WSGI app: {type(app).__name__} is not callable")
+    return app
+
+
+def bind_addresses(options: dict) -> list:
+    if options["bind"]:
+        return [parse_bind(text) for text in options["bind"]]
+    if options["unix"]:
+        return [options["unix"]]
+    return [(options["host"], options["port"])]
+
+
+def tls_context(options: dict) -> Optional[ssl.SSLContext]:
+    cert, key, ca = options["tls_cert"], options["tls_key"], options["tls_ca"]
+    if not cert:
+        if key or ca:
+            raise UsageError("--tls-key and --tls-ca need --tls-cert")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as ex:
+        raise UsageError(f"TLS certificate or key not found: {ex.filename or cert}") from None
+    except (OSError, ssl.SSLError) as ex:
+        raise UsageError(f"cannot load TLS certificate {cert}: {ex}") from None
+    if ca:
+        try:
+            context.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as ex:
+            raise UsageError(f"cannot load TLS CA file {ca}: {ex}") from None
+        context.verify_mode = ssl.CERT_OPTIONAL  # ask for client certificates; don't require
+    return context
+
+
+def configure_logging(options: dict) -> None:
+    level = str(options["log_level"]).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise UsageError(f"unknown log level {options['log_level']!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(process)d %(name)s %(levelname)s "
+                                            "%(message)s", stream=sys.stderr)
+    access = options["access_log"]
+    if access:
+        access_logger = logging.getLogger("hio_http.access")
+        access_logger.propagate = False
+        access_logger.setLevel(logging.INFO)
+        try:
+            handler = (logging.StreamHandler(sys.stdout) if access == "-"
+                       else logging.FileHandler(access))
+        except OSError as ex:
+            raise UsageError(f"cannot open access log {access}: {ex.strerror or ex}") from None
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_logger.addHandler(handler)
+    options["access_log"] = bool(access)
+
+
+def reopen_logs() -> None:
+    """SIGHUP: reopen every log file (after logrotate moved it away)."""
+    for name in ("", "hio_http", "hio_http.access"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    old = handler.setStream(open(handler.baseFilename, handler.mode,
+                                                 encoding=handler.encoding))
+                    if old is not None:
+                        old.close()
+                finally:
+                    handler.release()
+
+
+def url_of(sock, scheme: str) -> str:
+    address = sock.getsockname()
+    if isinstance(address, str):
+        return f"{scheme}+unix://{address}"
+    host, port = address[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+def describe(addresses: list) -> str:
+    return ", ".join(a if isinstance(a, str) else f"{a[0]}:{a[1]}" for a in addresses)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(args, cwd=ROOT, pattern=r"(https?://\S+)"):
+def start(args, cwd=ROOT, pattern=r"(https?://\S+)", env=None):
+    """Start a server process; return it with the first URL it logs."""
     process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, env=env)
     deadline = time.monotonic() + 20
     lines = []
     while time.monotonic() < deadline:
