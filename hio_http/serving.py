@@ -32,6 +32,8 @@ from .accesslog import AccessLog
 from .doing import Doer
 from .net import Acceptor, Connection
 from .polling import READ, Poller, poller_of
+from .proxying import (FORWARDING_KEYS, ProxyProtocolError, TrustedPeers, apply_forwarding,
+                       parse_proxy_header)
 from .requesting import RequestError, Requestant
 from .settings import Settings
 from .responding import (BLOCKED, DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
@@ -63,6 +65,11 @@ class Steward:
         self.continued = None  # the request we sent "100 Continue" for
         self.deadline: Optional[float] = None
         self.state = "idle"
+        self.peer = peer  # the client: the socket's peer, or what a trusted proxy said
+        # PROXY protocol is read only from trusted peers; from others the line is plain HTTP
+        # garbage and gets a 400, so nobody can claim an address they do not have.
+        self.proxy_header = (b"" if server.settings.proxy_protocol and server.trusts(peer)
+                             else None)
         self.connection = Connection(sock, peer, server.poller, self)
         if self.connection.handshaking:
             self._expect("handshake", self.settings.handshake_timeout)
@@ -89,6 +96,10 @@ class Steward:
     def received(self, data: bytes) -> None:
         if self.refused:
             return  # an error was answered: nothing more is parsed on this connection
+        if self.proxy_header is not None:
+            data = self._take_proxy_header(data)
+            if not data:
+                return
         try:
             self.requestant.feed(data)
         except RequestError as ex:
@@ -97,6 +108,28 @@ class Steward:
             logger.exception("request parser failed")
             self.error = RequestError(400, "bad request")
         self.advance()
+
+    def _take_proxy_header(self, data: bytes) -> bytes:
+        """PROXY protocol (v1/v2) from a trusted proxy: learn the client's address first, then
+        hand the rest to the HTTP parser. A malformed header closes the connection."""
+        self.proxy_header += data
+        try:
+            parsed = parse_proxy_header(self.proxy_header)
+        except ProxyProtocolError as ex:
+            logger.info("bad PROXY protocol header from %s: %s", self.connection.peer, ex)
+            self.refused = True
+            self.connection.close()
+            return b""
+        if parsed is None:
+            if self.state != "head":
+                self._expect("head", self.settings.header_timeout)
+            return b""
+        consumed, source, _ = parsed
+        rest = self.proxy_header[consumed:]
+        self.proxy_header = None
+        if source is not None:
+            self.peer = source
+        return rest
 
     def drained(self) -> None:
         if self.responder is not None:
@@ -290,10 +323,14 @@ class WSGISteward(Steward):
 
     def __init__(self, server: "Server", sock: socket.socket, peer):
         super().__init__(server, sock, peer)
-        self.environ_base = server.connection_environ(peer)
+        self.environ_base: Optional[dict] = None  # made on the first request: after PROXY
 
     def respond(self, request) -> BaseResponder:
+        if self.environ_base is None:
+            self.environ_base = self.server.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
+        if any(key in environ for key in FORWARDING_KEYS):
+            apply_forwarding(environ, self.server.trusted)
         return Responder(self.connection, request, self.server.app, environ,
                          server_header=self.server.server_header)
 
@@ -320,7 +357,9 @@ class BaseServer:
         self.waiting: set = set()
         self.closing = False
         self.opened = False
-        self.access = AccessLog(self.settings.access_log_format) if self.settings.access_log else None
+        self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
+                       else None)
+        self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
         self._next_sweep = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -466,6 +505,10 @@ class BaseServer:
             for acceptor in self.acceptors:
                 acceptor.pause()
 
+    def trusts(self, peer) -> bool:
+        """Whether `peer` (a socket peer address) may speak for clients."""
+        return (peer[0] if isinstance(peer, tuple) else "") in self.trusted
+
     def forget(self, steward: Steward) -> None:
         self.stewards.discard(steward)
         if not self.closing and len(self.stewards) < self.settings.max_connections:
@@ -517,8 +560,8 @@ class Server(BaseServer):
         environ = self._environ.copy()
         if isinstance(peer, tuple):
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer[0], str(peer[1])
-        else:  # unix socket peers have no address
-            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = "127.0.0.1", "0"
+        else:  # unix socket peers have no address (trust them with "unix" or "*")
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = "", ""
         return environ
 
 
