@@ -1,5 +1,7 @@
 """hio_http: a cooperative, nonblocking WSGI HTTP/1.1 server on a doer scheduler."""
 
+from .client_parsing import ClientError
+from .clienting import Client, ClientDoer, EventStream, Response
 from .doing import DoDoer, Doer, Doist, doify, doize
 from .polling import Poller, poller_of
 from .requesting import Limits, Request, RequestError, Requestant
@@ -12,6 +14,7 @@ from .timing import Tymee, Tymer, Tymist
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client", "ClientDoer", "ClientError", "EventStream", "Response",
     "DoDoer", "Doer", "Doist", "doify", "doize",
     "Poller", "poller_of",
     "Limits", "Request", "RequestError", "Requestant",

@@ -1,0 +1,1123 @@
+"""A nonblocking HTTP/1.1 client on the doer loop: `Client` queues requests and hands back
+`Response`s that fill in as bytes arrive; `ClientDoer` services it in a Doist; `EventStream`
+follows a Server-Sent Events stream and reconnects. Nothing here blocks the loop, and no network
+failure is ever raised into it: each lands on its response as a `ClientError`.
+"""
+
+# Theory of operation
+# -------------------
+# `ResponseParser` (client_parsing.py) is the pure protocol core: bytes in, events out (Interim,
+# Head, Data, End), no sockets and no clock. It drives llhttp (httptools) and adds what llhttp
+# cannot know: which response answers a HEAD (no body whatever the headers say), where a
+# close-delimited body ends (at EOF), and our bounds on the head.
+#
+# A Client keeps a queue of exchanges (a request and its Response) and one `_Session`, its
+# keep-alive connection. A session is
+#   connecting  resolve, nonblocking connect, TLS handshake                   [connect timeout]
+#   ready       sends queued exchanges; each waits in `in_flight` for its response, in order
+#   closed      its unanswered exchanges went back to its owner
+# Pipelining starts once the connection proved persistent (an HTTP/1.1 keep-alive response),
+# up to `max_pipeline` requests, never behind a non-idempotent request or one that waits for
+# 100 Continue (RFC 9112 §9.3.2). When a connection closes with exchanges in flight, those that
+# saw no byte of their response and are idempotent go back to the front of the queue (at most
+# MAX_ATTEMPTS sends); the others fail with ConnectionLost, because the server may have acted on
+# them. Every exchange has a deadline [timeout]; one that passes in flight also closes its
+# connection, since the responses behind it can no longer be told apart.
+# Socket work runs in Poller callbacks, so a response is handled the moment its bytes arrive;
+# `service()`, once a turn, checks deadlines and (with a Poller of its own) polls it.
+# An EventStream has a session of its own, since its response never ends; when it does end, or
+# the connection drops, the stream reconnects after `retry` ms with Last-Event-ID.
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import json as json_codec
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from urllib.parse import urljoin, urlsplit
+
+from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
+                             ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
+                             ProtocolError, ResponseParser, TooManyRedirects, _tokens)
+from .doing import Doer
+from .net import Connection
+from .polling import READ, WRITE, Poller, poller_of
+
+logger = logging.getLogger("hio_http.client")
+
+__all__ = ["Client", "ClientDoer", "Response", "EventStream", "Event", "ResponseParser",
+           "EventParser", "Interim", "Head", "Data", "End", "ClientError", "ConnectError",
+           "ClientTimeout", "ConnectTimeout", "ProtocolError", "ConnectionLost",
+           "TooManyRedirects"]
+
+IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
+REDIRECTS = frozenset((301, 302, 303, 307, 308))
+MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that closed under it
+CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Headers = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
+
+
+class Response:
+    """The answer to one request, filled in as its bytes arrive.
+
+    `done` turns True once the response is complete or has failed; then `error` is None or the
+    ClientError that ended it. `headers` is the ordered list of (name, value) as sent (strings
+    decoded as latin-1); `header(name)` finds one case-insensitively. After followed redirects
+    `history` holds the earlier responses and `url` the final address.
+    """
+
+    def __init__(self, method: str, url: str):
+        self.method = method
+        self.url = url
+        self.status: Optional[int] = None
+        self.reason = ""
+        self.version: Optional[str] = None
+        self.headers: list = []
+        self.trailers: list = []
+        self.error: Optional[ClientError] = None
+        self.done = False
+        self.history: list = []
+        self._chunks: list = []
+        self._size = 0
+
+    def __repr__(self) -> str:
+        state = (f"error={self.error!r}" if self.error else
+                 f"{self.status} {self.reason}" if self.status else "pending")
+        return f"<Response {self.method} {self.url} {state}{'' if self.done else ' ...'}>"
+
+    @property
+    def ok(self) -> bool:
+        """Complete, without error, with a status below 400."""
+        return self.done and self.error is None and self.status is not None and self.status < 400
+
+    @property
+    def body(self) -> bytes:
+        """The body received so far (all of it once `done`)."""
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+    @property
+    def text(self) -> str:
+        """The body decoded with the charset of Content-Type (UTF-8 when none is named)."""
+        charset = "utf-8"
+        for parameter in (self.header("content-type") or "").split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip('"')
+        try:
+            return self.body.decode(charset, errors="replace")
+        except LookupError:
+            return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ValueError if it is not JSON)."""
+        return json_codec.loads(self.body)
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The first value of header `name` (case-insensitive), else `default`."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return default
+
+    def raise_for_error(self) -> "Response":
+        """Raise `error` if the response failed (for code outside the loop); else return self."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+    # -- filled in by the client ----------------------------------------------------------------
+
+    def _begin(self, head: Head) -> None:
+        self.status, self.reason, self.version = head.status, head.reason, head.version
+        self.headers = head.headers
+
+    def _receive(self, data: bytes, limit: int) -> None:
+        self._size += len(data)
+        if self._size > limit:
+            raise ProtocolError(f"response body larger than max_body ({limit} bytes)")
+        self._chunks.append(data)
+
+    def _finish(self, trailers: list, error: Optional[ClientError] = None) -> None:
+        if self.done:
+            return
+        self.trailers = trailers
+        self.error = error
+        self.done = True
+
+    def _fail(self, error: ClientError) -> None:
+        self._finish(self.trailers, error)
+
+    def _restart(self, url: str, method: str) -> None:
+        """Keep this one as history; start over for a redirect to `url`."""
+        previous = Response(self.method, self.url)
+        previous.status, previous.reason, previous.version = self.status, self.reason, self.version
+        previous.headers, previous.trailers = self.headers, self.trailers
+        previous._chunks, previous.done = self._chunks, True
+        self.history.append(previous)
+        self.method, self.url = method, url
+        self.status, self.reason, self.version = None, "", None
+        self.headers, self.trailers, self._chunks, self._size = [], [], [], 0
+
+
+class _Exchange:
+    """A request on its way, and the Response it fills."""
+
+    __slots__ = ("method", "target", "headers", "body", "response", "deadline", "attempts",
+                 "answered", "expect_continue", "redirects", "sink", "on_head")
+
+    def __init__(self, method: str, target: str, headers: list, body: bytes,
+                 response: Response, deadline: Optional[float]):
+        self.method = method
+        self.target = target
+        self.headers = headers  # every field to send, Host and Content-Length included
+        self.body = body
+        self.response = response
+        self.deadline = deadline
+        self.attempts = 0  # times sent
+        self.answered = False  # a byte of the final response arrived: never resent
+        self.expect_continue = any(name.lower() == "expect" and value.lower() == "100-continue"
+                                   for name, value in headers) and bool(body)
+        self.redirects = 0
+        self.sink: Optional[Callable[[bytes], None]] = None  # where body bytes go, if not kept
+        self.on_head: Optional[Callable[[Head], None]] = None
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT
+
+    def wire_head(self) -> bytes:
+        lines = [f"{self.method} {self.target} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# -- one connection -----------------------------------------------------------------------------
+
+class _Link(Connection):
+    """A client connection: net.Connection, remembering why it was lost."""
+
+    def __init__(self, sock, peer, poller, handler):
+        self.error: Optional[BaseException] = None
+        super().__init__(sock, peer, poller, handler)
+
+    def start_handshake(self) -> None:
+        """The client speaks first in TLS: send the ClientHello now rather than on readiness."""
+        self._handshake()
+
+    def _lost(self, ex: Optional[BaseException]) -> None:
+        if self.error is None:
+            self.error = ex
+        super()._lost(ex)
+
+
+_resolver: Optional[ThreadPoolExecutor] = None
+
+
+def _resolve(host: str, port: int) -> Future:
+    """Name resolution blocks, so it runs in a worker thread; the loop polls the Future."""
+    global _resolver
+    if _resolver is None:
+        _resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hio_http-resolve")
+    return _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+
+
+class _Session:
+    """One connection of a Client (or of an EventStream): connects, sends exchanges, parses
+    their responses in order, and hands back what it could not finish when it closes.
+
+    Its owner provides `session_ready(session)`, `exchange_ended(session, exchange, end)`,
+    `session_closed(session, unanswered, error)` and `connect_failed(session, error)`.
+    """
+
+    def __init__(self, client: "Client", owner):
+        self.client = client
+        self.owner = owner
+        self.poller = client.poller
+        self.parser = ResponseParser(client.max_header_bytes, client.max_header_count)
+        self.in_flight: collections.deque = collections.deque()
+        self.state = "connecting"
+        self.link: Optional[_Link] = None
+        self.persistent = False  # an HTTP/1.1 keep-alive response came: pipelining allowed
+        self.closing = False  # nothing more goes out; closes after the last response
+        self.continuing: Optional[_Exchange] = None  # head sent, body held for 100 Continue
+        self.continue_deadline = 0.0
+        self.deadline = client.clock() + client.connect_timeout
+        self._sock: Optional[socket.socket] = None
+        self._addresses: list = []
+        self._resolving: Optional[Future] = None
+        self._last_error: Optional[BaseException] = None
+
+    def start(self) -> None:
+        """Begin connecting (after the owner has stored the session: failure may be immediate)."""
+        client = self.client
+        client.connections_opened += 1
+        try:
+            literal = ipaddress.ip_address(client.host)
+        except ValueError:
+            self._resolving = _resolve(client.host, client.port)
+        else:
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            self._addresses = [(family, (client.host, client.port))]
+            self._connect_next()
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def service(self, now: float) -> None:
+        """Once a turn: resolution results, the connect deadline, the wait for 100 Continue."""
+        if self.state == "connecting":
+            if self._resolving is not None and self._resolving.done():
+                future, self._resolving = self._resolving, None
+                try:
+                    infos = future.result()
+                except OSError as ex:
+                    self._connect_failed(ConnectError(
+                        f"cannot resolve {self.client.host!r}: {ex}"), ex)
+                    return
+                self._addresses = [(info[0], info[4]) for info in infos]
+                self._connect_next()
+            elif now >= self.deadline:
+                self._connect_failed(ConnectTimeout(
+                    f"no connection to {self.client.origin} within "
+                    f"{self.client.connect_timeout} s"), None)
+        elif self.continuing is not None and now >= self.continue_deadline:
+            self._send_body()  # RFC 9110 §10.1.1: the client need not wait forever
+
+    def _connect_next(self) -> None:
+        while self._addresses:
+            family, address = self._addresses.pop(0)
+            sock = None
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+            except OSError as ex:
+                if sock is not None:
+                    sock.close()
+                self._last_error = ex
+                continue
+            if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                self._sock = sock
+                self._peer = address
+                self.poller.register(sock, WRITE, self._guarded(self._connected))
+                return
+            sock.close()
+            self._last_error = OSError(code, os.strerror(code))
+        self._connect_failed(ConnectError(f"cannot connect to {self.client.origin}: "
+                                          f"{self._last_error}"), self._last_error)
+
+    def _connected(self, mask: int) -> None:
+        sock, self._sock = self._sock, None
+        self.poller.unregister(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            self._last_error = OSError(code, os.strerror(code))
+            self._connect_next()
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        context = self.client.tls_context
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=self.client.host,
+                                           do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError, ValueError) as ex:
+                sock.close()
+                self._connect_failed(ConnectError(f"TLS setup failed: {ex}"), ex)
+                return
+        self.link = _Link(sock, self._peer, self.poller, self)
+        if context is not None:
+            self.link.start_handshake()
+        else:
+            self.connected()
+
+    def _connect_failed(self, error: ClientError, cause: Optional[BaseException]) -> None:
+        if self.state == "closed":
+            return
+        error.__cause__ = cause
+        self.state = "closed"
+        self._resolving = None
+        if self._sock is not None:
+            self.poller.unregister(self._sock)
+            self._sock.close()
+            self._sock = None
+        if self.link is not None and not self.link.closed:
+            self.link.close()
+        self.owner.connect_failed(self, error)
+
+    def _guarded(self, callback: Callable[[int], None]) -> Callable[[int], None]:
+        """Poller callbacks must never raise into the loop."""
+        def run(mask: int) -> None:
+            try:
+                callback(mask)
+            except Exception as ex:
+                logger.exception("client connection to %s failed", self.client.origin)
+                self._connect_failed(ConnectError(f"internal error while connecting: {ex}"), ex)
+        return run
+
+    # -- net.Connection events ----------------------------------------------------------------
+
+    def connected(self) -> None:
+        if self.state != "connecting":
+            return
+        self.state = "ready"
+        self.owner.session_ready(self)
+
+    def received(self, data: bytes) -> None:
+        if not self.in_flight:
+            # Nothing was asked: a server's farewell (408, say) on an idle connection.
+            logger.info("unsolicited bytes from %s; closing the connection", self.client.origin)
+            self.link.close()
+            return
+        self.parser.feed(data)
+        self._take_events()
+
+    def ended(self) -> None:
+        self.parser.feed_eof()
+        self._take_events()
+        if self.link is not None and not self.link.closed:
+            self.link.close()
+
+    def drained(self) -> None:
+        pass
+
+    def closed(self) -> None:
+        if self.state == "closed":
+            return
+        if self.state == "connecting":  # the TLS handshake failed
+            cause = self.link.error if self.link is not None else None
+            self._connect_failed(ConnectError(
+                f"TLS handshake with {self.client.origin} failed: {cause}"), cause)
+            return
+        self.state = "closed"
+        unanswered = list(self.in_flight)
+        self.in_flight.clear()
+        cause = self.link.error if self.link is not None else None
+        if cause is not None:
+            error = ConnectionLost(f"connection to {self.client.origin} lost: {cause}")
+            error.__cause__ = cause
+        else:
+            error = ConnectionLost(f"{self.client.origin} closed the connection")
+        self.owner.session_closed(self, unanswered, error)
+
+    # -- requests out, responses in -----------------------------------------------------------
+
+    def can_send(self, exchange: _Exchange) -> bool:
+        if self.state != "ready" or self.closing or self.continuing is not None:
+            return False
+        in_flight = self.in_flight
+        if not in_flight:
+            return True
+        if not self.persistent or len(in_flight) >= self.client.max_pipeline:
+            return False
+        # RFC 9112 §9.3.2: nothing is pipelined after a non-idempotent request, and a
+        # non-idempotent one waits for an empty pipeline, so a closing connection can only
+        # cost it when it was the first in line. The same holds for 100-continue.
+        # HEAD goes alone too: see ResponseParser._step.
+        if not exchange.idempotent or exchange.expect_continue or exchange.method == "HEAD":
+            return False
+        return all(sent.idempotent and sent.method != "HEAD" for sent in in_flight)
+
+    def send(self, exchange: _Exchange) -> None:
+        exchange.attempts += 1
+        self.in_flight.append(exchange)
+        self.parser.expect(exchange.method)
+        if any(name.lower() == "connection" and "close" in _tokens(value)
+               for name, value in exchange.headers):
+            self.closing = True
+        if exchange.expect_continue:
+            self.continuing = exchange
+            self.continue_deadline = self.client.clock() + CONTINUE_WAIT
+            self.link.send(exchange.wire_head())
+        else:
+            self.link.send(exchange.wire_head() + exchange.body)
+
+    def _send_body(self) -> None:
+        exchange, self.continuing = self.continuing, None
+        if exchange is not None and self.link is not None and not self.link.closed:
+            self.link.send(exchange.body)
+        self.owner.session_ready(self)  # the pipeline may move again
+
+    def abandon(self, exchange: _Exchange, error: ClientError) -> None:
+        """Fail an exchange in flight (its deadline passed): the responses behind it can no
+        longer be matched to their requests, so the connection closes too."""
+        if exchange in self.in_flight:
+            self.in_flight.remove(exchange)
+        exchange.response._fail(error)
+        self.close()
+
+    def close(self) -> None:
+        """Close now; exchanges in flight go back to the owner as unanswered."""
+        if self.state == "connecting":
+            self._connect_failed(ConnectError("the client closed the connection"), None)
+        elif self.link is not None and not self.link.closed:
+            self.link.close()  # -> closed()
+
+    def _take_events(self) -> None:
+        while self.state == "ready" and self.in_flight:
+            exchange = self.in_flight[0]
+            try:
+                event = self.parser.next_event()
+                if event is None:
+                    return
+                if isinstance(event, Data):
+                    if exchange.sink is not None:
+                        exchange.sink(event.data)
+                    else:
+                        exchange.response._receive(event.data, self.client.max_body)
+                elif isinstance(event, Head):
+                    exchange.answered = True
+                    if exchange is self.continuing:
+                        # A final answer before we sent the body: the server will not read
+                        # it as a body, so this connection cannot carry another request.
+                        self.continuing = None
+                        self.closing = True
+                    exchange.response._begin(event)
+                    if exchange.on_head is not None:
+                        exchange.on_head(event)
+                elif isinstance(event, End):
+                    self.in_flight.popleft()
+                    if event.keep_alive and exchange.response.version == "1.1":
+                        self.persistent = True
+                    else:
+                        self.closing = True
+                    self.owner.exchange_ended(self, exchange, event)
+                    if self.closing and not self.in_flight:
+                        self.close()
+                elif isinstance(event, Interim):
+                    if event.status == 100 and exchange is self.continuing:
+                        self._send_body()
+            except ClientError as ex:
+                if ex.__cause__ is None and isinstance(ex, ConnectionLost) and self.link.error:
+                    ex.__cause__ = self.link.error
+                self.in_flight.popleft()
+                exchange.response._fail(ex)
+                self.close()
+                return
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+class Client:
+    """A nonblocking HTTP/1.1 client for one origin, serviced by a doer (or by hand).
+
+    `Client("http://127.0.0.1:8080")` or `Client(host=..., port=..., scheme=...)`. `request()`
+    returns a `Response` at once; it fills in while `service()` runs every turn (`ClientDoer`
+    does that). Requests share one keep-alive connection, pipelined up to `max_pipeline`.
+
+    timeout: seconds for each response to be complete, counted from `request()`; or a pair
+        (connect timeout, response timeout); None: no limit.
+    max_redirects: redirects to follow (same origin only); 0 leaves 3xx responses as they are.
+    tls_context / verify: TLS for https. By default the server's certificate is verified
+        against the system's CAs (`ssl.create_default_context()`); `verify=False` turns that
+        off; a `tls_context` of your own is used as it is.
+    poller: the Poller to register sockets with (ClientDoer uses its Doist's); else the client
+        keeps one and polls it in `service()`.
+    clock: seconds for deadlines (ClientDoer uses the Doist's tymth); default time.monotonic.
+    """
+
+    def __init__(self, base_url: Optional[str] = None, *, host: str = "127.0.0.1",
+                 port: Optional[int] = None, scheme: str = "http", timeout: Timeout = 30.0,
+                 max_redirects: int = 0, tls_context: Optional[ssl.SSLContext] = None,
+                 verify: bool = True, poller: Optional[Poller] = None,
+                 clock: Optional[Callable[[], float]] = None, headers: Headers = None,
+                 max_pipeline: int = 8, max_body: int = 64 * 1024 * 1024,
+                 max_header_bytes: int = 65536, max_header_count: int = 100,
+                 user_agent: Optional[str] = "hio_http"):
+        prefix = ""
+        if base_url is not None:
+            parts = urlsplit(base_url)
+            if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+                raise ValueError(f"expected an http:// or https:// URL, not {base_url!r}")
+            scheme, host = parts.scheme, parts.hostname
+            port = parts.port
+            prefix = parts.path.rstrip("/")
+        if scheme not in DEFAULT_PORTS:
+            raise ValueError(f"unsupported scheme {scheme!r}")
+        self.scheme = scheme
+        self.host = host
+        self.port = port if port is not None else DEFAULT_PORTS[scheme]
+        self.prefix = prefix  # a path the base URL carried; request paths go below it
+        default_port = self.port == DEFAULT_PORTS[scheme]
+        named = f"[{host}]" if ":" in host else host
+        self.authority = named if default_port else f"{named}:{self.port}"
+        self.origin = f"{scheme}://{self.authority}"
+        if isinstance(timeout, tuple):
+            self.connect_timeout, self.timeout = timeout
+        else:
+            self.connect_timeout = self.timeout = timeout
+        if self.connect_timeout is None:
+            self.connect_timeout = float("inf")
+        self.max_redirects = max_redirects
+        if scheme == "https" and tls_context is None:
+            tls_context = ssl.create_default_context()
+            if not verify:
+                tls_context.check_hostname = False
+                tls_context.verify_mode = ssl.CERT_NONE
+        self.tls_context = tls_context if scheme == "https" else None
+        self.poller = poller
+        self.owns_poller = False
+        self.clock = clock or time.monotonic
+        self.max_pipeline = max(1, max_pipeline)
+        self.max_body = max_body
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+        self.default_headers = _header_list(headers)
+        if user_agent and not any(n.lower() == "user-agent" for n, _ in self.default_headers):
+            self.default_headers.append(("User-Agent", user_agent))
+        self.opened = False
+        self.closed = False
+        self.connections_opened = 0  # connections begun so far (keep-alive shows as reuse)
+        self.queue: collections.deque = collections.deque()  # exchanges not yet sent
+        self.streams: list = []
+        self._session: Optional[_Session] = None
+        self._pumping = False
+
+    def __repr__(self) -> str:
+        return f"<Client {self.origin}{self.prefix}>"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> "Client":
+        """Start working: from now on queued requests go out (service() opens it if needed)."""
+        if self.opened:
+            return self
+        if self.poller is None:
+            self.poller = Poller()
+            self.owns_poller = True
+        self.opened = True
+        self.closed = False
+        for stream in self.streams:
+            stream._start()
+        self._pump()
+        return self
+
+    def close(self) -> None:
+        """Close every connection; responses not yet done fail with ConnectionLost."""
+        self.closed = True
+        error = ConnectionLost("the client was closed")
+        for stream in list(self.streams):
+            stream.close()
+        while self.queue:
+            self.queue.popleft().response._fail(error)
+        session, self._session = self._session, None
+        if session is not None:
+            for exchange in session.in_flight:
+                exchange.response._fail(error)
+            session.in_flight.clear()
+            session.close()
+        if self.owns_poller and self.poller is not None:
+            self.poller.close()
+            self.poller = None
+            self.owns_poller = False
+        self.opened = False
+
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Keep deadlines on another clock from now on; the ones already set keep their
+        remaining time."""
+        shift = clock() - self.clock()
+        self.clock = clock
+        exchanges = list(self.queue)
+        if self._session is not None:
+            exchanges += list(self._session.in_flight)
+            self._session.deadline += shift
+        for exchange in exchanges:
+            if exchange.deadline is not None:
+                exchange.deadline += shift
+
+    def __enter__(self) -> "Client":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(self, method: str, path: str = "/", headers: Headers = None,
+                body: Union[bytes, bytearray, memoryview, str] = b"", *, json: Any = None,
+                timeout: Optional[float] = ...) -> Response:
+        """Queue a request and return its Response at once; it fills in as bytes arrive.
+
+        `path` is the request target below the base URL ("/items?page=2"), or an absolute URL
+        of the same origin. `json` sends a value as JSON. `timeout` overrides the client's for
+        this response. Invalid arguments (a header with CR or LF, say) raise ValueError here;
+        anything that goes wrong on the network later lands on `response.error`.
+        """
+        method = method.upper()
+        if not _is_token(method):
+            raise ValueError(f"invalid method {method!r}")
+        fields = self.default_headers + _header_list(headers)
+        if json is not None:
+            body = json_codec.dumps(json, separators=(",", ":")).encode("utf-8")
+            if not any(name.lower() == "content-type" for name, _ in fields):
+                fields.append(("Content-Type", "application/json"))
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        body = bytes(body)
+        target = self._target(path)
+        response = Response(method, self.origin + target)
+        deadline = self._deadline(self.timeout if timeout is ... else timeout)
+        exchange = _Exchange(method, target, self._fields(fields, method, body), body,
+                             response, deadline)
+        if self.closed:
+            response._fail(ConnectionLost("the client is closed"))
+            return response
+        self.queue.append(exchange)
+        self._pump()
+        return response
+
+    def get(self, path: str = "/", **kwa) -> Response:
+        return self.request("GET", path, **kwa)
+
+    def post(self, path: str = "/", **kwa) -> Response:
+        return self.request("POST", path, **kwa)
+
+    def events(self, path: str, last_event_id: Optional[str] = None, headers: Headers = None,
+               retry: int = 3000, idle_timeout: Optional[float] = None,
+               max_reconnects: Optional[int] = None) -> "EventStream":
+        """Follow a Server-Sent Events stream at `path` on a connection of its own."""
+        stream = EventStream(self, path, last_event_id=last_event_id, headers=headers,
+                             retry=retry, idle_timeout=idle_timeout,
+                             max_reconnects=max_reconnects)
+        self.streams.append(stream)
+        if self.opened:
+            stream._start()
+        return stream
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def service(self) -> None:
+        """One turn: dispatch ready sockets (if the Poller is ours), enforce deadlines, start
+        connections and send what waits. Call it every tick; ClientDoer does."""
+        if not self.opened:
+            if self.closed:
+                return
+            self.open()
+        if self.owns_poller:
+            self.poller.poll(0)
+        now = self.clock()
+        if self.queue:
+            for exchange in [e for e in self.queue if _due(e, now)]:
+                self.queue.remove(exchange)
+                exchange.response._fail(self._timeout_error(exchange))
+        session = self._session
+        if session is not None:
+            session.service(now)
+            for exchange in [e for e in session.in_flight if _due(e, now)]:
+                session.abandon(exchange, self._timeout_error(exchange))
+        for stream in list(self.streams):
+            stream._service(now)
+        self._pump()
+
+    def run_until(self, condition: Union[Response, Callable[[], bool]],
+                  timeout: float = 10.0) -> None:
+        """Blocking: service the client until `condition()` holds (or the Response is done).
+        For scripts and tests that drive a client outside any Doist; never call it from a
+        doer. Raises TimeoutError after `timeout` seconds of wall time."""
+        if isinstance(condition, Response):
+            response = condition
+            condition = lambda: response.done  # noqa: E731
+        deadline = time.monotonic() + timeout
+        self.service()
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            if self.poller is not None:
+                self.poller.poll(min(0.01, remaining))
+            self.service()
+
+    # -- sessions call back here ----------------------------------------------------------------
+
+    def session_ready(self, session: _Session) -> None:
+        self._pump()
+
+    def exchange_ended(self, session: _Session, exchange: _Exchange, end: End) -> None:
+        response = exchange.response
+        location = response.header("location")
+        if response.status in REDIRECTS and location and self.max_redirects > 0:
+            if self._redirect(exchange, location):
+                return
+        response._finish(end.trailers)
+
+    def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
+        if session is self._session:
+            self._session = None
+        self._requeue(unanswered, error)
+        self._pump()
+
+    def connect_failed(self, session: _Session, error: ClientError) -> None:
+        """Nothing was sent on a connection that never came up: the requests waiting for it
+        fail with the reason (a retry is one more request away)."""
+        if session is self._session:
+            self._session = None
+        for exchange in session.in_flight:
+            exchange.response._fail(error)
+        session.in_flight.clear()
+        while self.queue:
+            self.queue.popleft().response._fail(error)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Make every step possible now: open a connection, send what the pipeline allows."""
+        if not self.opened or self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.queue:
+                session = self._session
+                if session is None or session.state == "closed":
+                    self._session = _Session(self, self)
+                    self._session.start()
+                    continue  # it may have connected (or failed) at once
+                if session.closing and session.state == "ready" and not session.in_flight:
+                    session.close()
+                    continue
+                if not session.can_send(self.queue[0]):
+                    break
+                session.send(self.queue.popleft())
+        finally:
+            self._pumping = False
+
+    def _requeue(self, unanswered: list, error: ClientError) -> None:
+        """Requests a closed connection left unanswered: resend those that are safe to resend
+        (idempotent, no byte of response seen), in their order, ahead of the queue."""
+        retry = []
+        for exchange in unanswered:
+            if exchange.response.done:
+                continue
+            if exchange.answered:
+                exchange.response._fail(error)
+            elif not exchange.idempotent:
+                failure = ConnectionLost(f"{error}; {exchange.method} is not retried because it "
+                                         f"is not idempotent")
+                failure.__cause__ = error.__cause__
+                exchange.response._fail(failure)
+            elif exchange.attempts >= MAX_ATTEMPTS:
+                exchange.response._fail(ConnectionLost(
+                    f"{error} (after {exchange.attempts} attempts)"))
+            else:
+                retry.append(exchange)
+        self.queue.extendleft(reversed(retry))
+
+    def _redirect(self, exchange: _Exchange, location: str) -> bool:
+        response = exchange.response
+        url = urljoin(response.url, location)
+        parts = urlsplit(url)
+        try:
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return False
+        if (parts.scheme, (parts.hostname or "").lower(), port) != (
+                self.scheme, self.host.lower(), self.port):
+            return False  # another origin: left to the caller
+        if exchange.redirects >= self.max_redirects:
+            response._finish(response.trailers, TooManyRedirects(
+                f"more than {self.max_redirects} redirects (last to {url})"))
+            return True
+        method, body = exchange.method, exchange.body
+        # RFC 9110 §15.4: 303 is fetched with GET; a POST moved by 301/302 becomes GET too,
+        # as every browser does. 307 and 308 repeat the method and body.
+        if (response.status == 303 and method != "HEAD") or (
+                response.status in (301, 302) and method == "POST"):
+            method, body = "GET", b""
+        dropped = ("content-length",) if body == exchange.body else ("content-length",
+                                                                     "content-type")
+        fields = self._fields([(name, value) for name, value in exchange.headers
+                               if name.lower() not in dropped], method, body)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        follow = _Exchange(method, target, fields, body, response, exchange.deadline)
+        follow.redirects = exchange.redirects + 1
+        response._restart(self.origin + target, method)
+        self.queue.appendleft(follow)
+        self._pump()
+        return True
+
+    def _target(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            parts = urlsplit(path)
+            if f"{parts.scheme}://{parts.netloc}" != self.origin:
+                raise ValueError(f"{path!r} is not on {self.origin}")
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            prefix = ""
+        else:
+            prefix = self.prefix
+        if not path.startswith("/"):
+            path = "/" + path
+        target = prefix + path
+        if any(ord(c) <= 32 or ord(c) >= 127 for c in target):
+            raise ValueError(f"request target {target!r} must be percent-encoded")
+        return target
+
+    def _fields(self, fields: list, method: str, body: bytes) -> list:
+        """Every header field to send: Host first, then the caller's, then Content-Length."""
+        result = []
+        host = None
+        for name, value in fields:
+            lowered = name.lower()
+            if lowered in ("content-length", "transfer-encoding"):
+                raise ValueError(f"{name} is set by the client from the body")
+            if lowered == "host":
+                host = value
+                continue
+            result.append((name, value))
+        result.insert(0, ("Host", host or self.authority))
+        if body or method in ("POST", "PUT", "PATCH"):
+            result.append(("Content-Length", str(len(body))))
+        for name, value in result:
+            if not _is_token(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name} must not contain CR, LF or NUL")
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name} is not latin-1 text") from None
+        return result
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        return None if timeout is None else self.clock() + timeout
+
+    def _timeout_error(self, exchange: _Exchange) -> ClientTimeout:
+        return ClientTimeout(f"{exchange.method} {exchange.target}: no complete response "
+                             f"within the timeout")
+
+
+def _due(exchange: _Exchange, now: float) -> bool:
+    return exchange.deadline is not None and now >= exchange.deadline
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 §5.6.2 tchar
+
+
+def _is_token(text: str) -> bool:
+    return bool(_TOKEN.match(text))
+
+
+def _header_list(headers: Headers) -> list:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(name), str(value)) for name, value in items]
+
+
+# -- event streams ------------------------------------------------------------------------------
+
+class EventStream:
+    """A Server-Sent Events stream, followed on a connection of its own.
+
+    Parsed `Event`s collect in `events` (a deque: pop them as you go). When the stream ends or
+    the connection drops, it reconnects after `retry` ms (the server may change it) sending
+    `Last-Event-ID`; a 204 answer ends it for good, as does any other non-200 answer or a
+    Content-Type other than text/event-stream (then `error` tells why), or `close()`.
+    """
+
+    def __init__(self, client: Client, path: str, last_event_id: Optional[str] = None,
+                 headers: Headers = None, retry: int = 3000, idle_timeout: Optional[float] = None,
+                 max_reconnects: Optional[int] = None):
+        self.client = client
+        self.path = path
+        self.headers = _header_list(headers)
+        self.events: collections.deque = collections.deque()
+        self.last_event_id = last_event_id or ""
+        self.retry = retry  # ms before reconnecting
+        self.idle_timeout = idle_timeout  # reconnect after this long without a byte
+        self.max_reconnects = max_reconnects
+        self.reconnects = 0
+        self.connected = False  # the current connection answered 200 text/event-stream
+        self.closed = False
+        self.error: Optional[ClientError] = None  # why the last connection ended, if it failed
+        self.response: Optional[Response] = None
+        self._session: Optional[_Session] = None
+        self._exchange: Optional[_Exchange] = None
+        self._parser: Optional[EventParser] = None
+        self._reconnect_at: Optional[float] = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open" if self.connected else "connecting"
+        return f"<EventStream {self.client.origin}{self.path} {state}>"
+
+    def close(self) -> None:
+        """Stop following the stream, now and for good."""
+        self.closed = True
+        self.connected = False
+        self._reconnect_at = None
+        session, self._session = self._session, None
+        if session is not None:
+            session.in_flight.clear()
+            session.close()
+        if self in self.client.streams:
+            self.client.streams.remove(self)
+
+    # -- driven by the client -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self.closed or self._session is not None:
+            return
+        self._reconnect_at = None
+        fields = list(self.headers)
+        fields.append(("Accept", "text/event-stream"))
+        fields.append(("Cache-Control", "no-cache"))
+        if self.last_event_id:
+            fields.append(("Last-Event-ID", self.last_event_id))
+        client = self.client
+        target = client._target(self.path)
+        response = Response("GET", client.origin + target)
+        fields = client._fields(client.default_headers + fields, "GET", b"")
+        exchange = _Exchange("GET", target, fields, b"", response,
+                             client._deadline(client.timeout))
+        exchange.sink = self._receive
+        exchange.on_head = self._head
+        self.response, self._exchange = response, exchange
+        self._parser = EventParser(self.last_event_id)
+        self._session = _Session(client, self)
+        self._session.start()
+
+    def _service(self, now: float) -> None:
+        if self.closed:
+            return
+        session, exchange = self._session, self._exchange
+        if session is not None:
+            session.service(now)
+            if exchange is not None and _due(exchange, now) and exchange in session.in_flight:
+                session.abandon(exchange, ClientTimeout(
+                    f"event stream {self.path}: nothing received within the timeout"))
+        elif self._reconnect_at is not None and now >= self._reconnect_at:
+            self._start()
+
+    def session_ready(self, session: _Session) -> None:
+        if session is self._session and not session.in_flight and self._exchange is not None:
+            session.send(self._exchange)
+
+    def _head(self, head: Head) -> None:
+        media = (self.response.header("content-type") or "").split(";")[0].strip().lower()
+        if head.status == 204:
+            self._end_for_good(None)
+        elif head.status != 200:
+            self._end_for_good(ProtocolError(f"event stream answered {head.status} "
+                                             f"{head.reason}"))
+        elif media != "text/event-stream":
+            self._end_for_good(ProtocolError(f"event stream answered with Content-Type "
+                                             f"{media or 'none'}"))
+        else:
+            self.connected = True
+            self.error = None
+            self._exchange.deadline = self._idle_deadline()
+
+    def _receive(self, data: bytes) -> None:
+        if self.closed or self._parser is None:
+            return
+        events = self._parser.feed(data)  # ProtocolError ends this connection (and reconnects)
+        self.last_event_id = self._parser.last_event_id
+        if self._parser.retry is not None:
+            self.retry = self._parser.retry
+        self.events.extend(events)
+        if self._exchange is not None:
+            self._exchange.deadline = self._idle_deadline()
+
+    def _idle_deadline(self) -> Optional[float]:
+        if self.idle_timeout is None:
+            return None
+        return self.client.clock() + self.idle_timeout
+
+    def exchange_ended(self, session: _Session, exchange: _Exchange, end: End) -> None:
+        exchange.response._finish(end.trailers)
+        session.closing = True
+        if not self.closed:
+            self._lost(None)
+
+    def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
+        for exchange in unanswered:
+            exchange.response._fail(error)
+        if session is self._session and not self.closed:
+            failed = self._exchange.response.error if self._exchange is not None else None
+            self._lost(failed or error)
+
+    def connect_failed(self, session: _Session, error: ClientError) -> None:
+        if session is self._session and not self.closed:
+            self._exchange.response._fail(error)
+            self._lost(error)
+
+    def _lost(self, error: Optional[ClientError]) -> None:
+        """This connection is over: reconnect after `retry` ms (EventSource "reestablish")."""
+        session, self._session = self._session, None
+        self.connected = False
+        if error is not None:
+            self.error = error
+        if session is not None and session.state != "closed":
+            session.in_flight.clear()
+            session.close()
+        if self.closed:
+            return
+        if self.max_reconnects is not None and self.reconnects >= self.max_reconnects:
+            self.closed = True
+            return
+        self.reconnects += 1
+        self._reconnect_at = self.client.clock() + self.retry / 1000.0
+
+    def _end_for_good(self, error: Optional[ClientError]) -> None:
+        self.error = error
+        self.close()
+
+
+# -- the doer -----------------------------------------------------------------------------------
+
+class ClientDoer(Doer):
+    """Runs a Client in a Doist: opens it on enter, services it every turn, closes it on exit.
+
+    Under this package's Doist the client registers its sockets with the Doist's Poller (so a
+    response is handled the moment its bytes arrive) and keeps deadlines on the Doist's tyme;
+    under a scheduler without one (hio's Doist) it polls a Poller of its own on each turn.
+    An error inside the client is logged and never ends the doer.
+    """
+
+    def __init__(self, client: Client, **kwa):
+        super().__init__(**kwa)
+        self.client = client
+        self.nested: Optional[Poller] = None
+
+    def enter(self) -> None:
+        client = self.client
+        shared = poller_of(self.tymth)
+        client.set_clock(self.tymth)  # deadlines follow the Doist's tyme, simulated or real
+        if not client.opened:
+            if shared is not None and client.poller is None:
+                client.poller = shared
+            client.closed = False
+            client.open()
+        elif shared is not None and client.owns_poller:
+            # Opened earlier on its own Poller: nest it, so its sockets still wake the Doist.
+            shared.register(client.poller, READ, lambda mask: client.poller.poll(0))
+            self.nested = client.poller
+
+    def recur(self, tyme: float) -> bool:
+        try:
+            self.client.service()
+        except Exception:
+            logger.exception("error servicing %r", self.client)
+        return False
+
+    def exit(self) -> None:
+        if self.nested is not None:
+            shared = poller_of(self.tymth)
+            if shared is not None:
+                shared.unregister(self.nested)
+            self.nested = None
+        self.client.close()
