@@ -49,7 +49,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
 from .doing import Doer
 from .net import Connection
-from .polling import READ, WRITE, Poller, poller_of
+from .polling import WRITE, Poller, poller_of
 
 logger = logging.getLogger("hio_http.client")
 
@@ -1104,7 +1104,7 @@ class ClientDoer(Doer):
             client.open()
         elif shared is not None and client.owns_poller:
             # Opened earlier on its own Poller: nest it, so its sockets still wake the Doist.
-            shared.register(client.poller, READ, lambda mask: client.poller.poll(0))
+            shared.nest(client.poller)
             self.nested = client.poller
 
     def recur(self, tyme: float) -> bool:

@@ -68,6 +68,12 @@ class Poller:
             key.data(mask)
         return len(events)
 
+    def nest(self, inner: "Poller") -> None:
+        """Watch another Poller: when one of its files is ready, dispatch it from here. A server
+        or client opened on a Poller of its own can so still wake a Doist the moment its
+        sockets are ready. `unregister(inner)` undoes it."""
+        self.register(inner, READ, lambda mask: inner.poll(0))
+
     def fileno(self) -> int:
         """The selector's own descriptor: readable when a registered file is ready, so a
         Poller can be nested in another Poller (epoll and kqueue selectors)."""
