@@ -1,15 +1,18 @@
 """The built-in demo: a small Falcon app served when no app is named on the command line, with
-static pages and a Server-Sent Events stream fed by a clock doer in the same loop."""
+static pages, a Server-Sent Events stream fed by a clock doer in the same loop, and WebSocket
+echo and chat endpoints on the same port."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import falcon
 
 from .doing import Doer
 from .sse import Broadcaster
 from .static import StaticSink
+from .websocket import Room, WebSocketHandler
 
 STATIC = Path(__file__).resolve().parent / "demo_static"
 
@@ -24,6 +27,7 @@ PAGE = """<!doctype html>
 <li><a href="/json">/json</a> — JSON</li>
 <li><a href="/echo/anything">/echo/{word}</a> — a path parameter</li>
 <li><a href="/static/events.html">/static/events.html</a> — live Server-Sent Events</li>
+<li><a href="/static/websocket.html">/static/websocket.html</a> — WebSocket echo and chat</li>
 </ul>
 </body>
 </html>
@@ -76,6 +80,35 @@ class Clock(Doer):
         self.count += 1
         self.broadcaster.publish(f"tick {self.count} at tyme {tyme:.2f}", event="tick")
         return False
+
+
+class EchoSocket(WebSocketHandler):
+    """/ws/echo: every message comes back, text as "echo: ..." and binary as it was."""
+
+    def on_message(self, message):
+        self.send("echo: " + message if isinstance(message, str) else message)
+
+
+chat = Room()
+
+
+class ChatSocket(WebSocketHandler):
+    """/ws/chat: every text message goes to everyone in the room (`?name=` names the sender)."""
+
+    def on_open(self, request):
+        self.name = parse_qs(request.query).get("name", ["anonymous"])[0][:32]
+        chat.join(self)
+        chat.broadcast(f"* {self.name} joined ({len(chat)} here)")
+
+    def on_message(self, message):
+        if isinstance(message, str):
+            chat.broadcast(f"{self.name}: {message}")
+
+    def on_close(self, code, reason):
+        chat.broadcast(f"* {self.name} left")
+
+
+websockets = {"/ws/echo": EchoSocket, "/ws/chat": ChatSocket}
 
 
 def create_app() -> falcon.App:

@@ -19,6 +19,10 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 #   waiting     the app said "not yet" (b""): no deadline, resumed on every pass of the Server
 # Deadlines are checked by a sweep at most every `sweep_interval`, never per tick, so idle
 # connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
+# An upgrade request ends the HTTP/1 stream: it is answered and the connection closes, unless it
+# is a WebSocket handshake for one of the server's `websockets` endpoints; then `switch()` hands
+# the connection to a protocol object (websocket.WebSocketSession) that takes the Steward's place
+# both as the Connection's handler and in the server's stewards (deadline, sweep, shutdown).
 
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ class Steward:
         self.continued = None  # the request we sent "100 Continue" for
         self.deadline: Optional[float] = None
         self.state = "idle"
+        self.protocol = None  # what the connection speaks after switch(), e.g. a WebSocket
         self.peer = peer  # the client: the socket's peer, or what a trusted proxy said
         # PROXY protocol is read only from trusted peers; from others the line is plain HTTP
         # garbage and gets a 400, so nobody can claim an address they do not have.
@@ -87,6 +92,34 @@ class Steward:
         if handler is not None:
             return handler(request)
         return CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
+
+    def upgrade(self, request) -> Optional[BaseResponder]:
+        """Answer a WebSocket handshake (`Upgrade: websocket`): switch to the server's endpoint
+        for its path and return None, or return the responder that refuses it (404 when the
+        path has no endpoint, 400 or 426 for a bad handshake)."""
+        from .websocket import upgrade  # wsproto is loaded only once a WebSocket is asked for
+        return upgrade(self, request)
+
+    def switch(self, protocol) -> None:
+        """This connection now speaks another protocol (the 101 response has been queued).
+
+        `protocol` takes the Steward's place: it gets the Connection's events (`received`,
+        `drained`, `ended`, `closed`), stands in the server's stewards (the sweep reads its
+        `deadline` and calls `expire(now)`; shutdown calls `wind_down()`; it must call
+        `server.forget(protocol)` once closed), and `protocol.start(leftover)` is called with
+        the bytes that followed the upgrade request's head.
+        """
+        server = self.server
+        self.protocol = protocol
+        server.waiting.discard(self)
+        server.stewards.discard(self)
+        server.stewards.add(protocol)
+        self.connection.handler = protocol
+        leftover, self.requestant.leftover = self.requestant.leftover, b""
+        self.requestant.close()
+        protocol.start(leftover)
+        if self.eof and not self.connection.closed:
+            protocol.ended()
 
     # -- Connection events --------------------------------------------------------------------
 
@@ -198,9 +231,15 @@ class Steward:
         requestant = self.requestant
         if self.deferred is not None or requestant.requests:
             request = self.deferred or requestant.requests.popleft()
-            if self.server.closing:
+            if self.server.closing or request.upgrade is not None:
+                # After an upgrade request llhttp reads no further HTTP/1: unless the protocol
+                # switches, the connection closes after the answer.
                 request.keep_alive = False
             responder = self._responder_for(request)
+            if self.protocol is not None:  # switched: the connection is no longer ours
+                return False
+            if responder is None and self.connection.closed:  # gone while being answered
+                return False
             if responder is None:  # "not yet": ask again on the next pass
                 self.deferred = request
                 self.server.waiting.add(self)
@@ -231,7 +270,10 @@ class Steward:
 
     def _responder_for(self, request) -> Optional[BaseResponder]:
         try:
-            responder = self.respond(request)
+            if request.upgrade is not None and request.upgrade.strip().lower() == "websocket":
+                responder = self.upgrade(request)
+            else:
+                responder = self.respond(request)
         except Exception:
             logger.exception("error in %s.respond for %s %s", type(self).__name__,
                              request.method, request.target)
@@ -283,7 +325,7 @@ class Steward:
     def _regulate_reading(self) -> None:
         """Backpressure on pipelining: stop reading while too many requests wait their turn."""
         connection = self.connection
-        if connection.closed or self.eof:
+        if connection.closed or self.eof or self.protocol is not None:
             return
         if len(self.requestant.requests) >= self.settings.max_pipeline or self.error:
             if connection.reading:
@@ -341,8 +383,11 @@ class BaseServer:
     steward_class: type = Steward
 
     def __init__(self, poller: Optional[Poller] = None, clock: Optional[Callable] = None,
-                 steward: Optional[type] = None, sockets: Optional[list] = None, **settings):
+                 steward: Optional[type] = None, sockets: Optional[list] = None,
+                 websockets: Optional[dict] = None, **settings):
         self.settings = Settings(**settings)
+        # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler)
+        self.websockets: dict = dict(websockets or {})
         self.limits = self.settings.limits()
         self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
                               if self.settings.server_header else b"")
@@ -475,7 +520,8 @@ class BaseServer:
     def sweep_interval(self) -> float:
         settings = self.settings
         shortest = min(settings.idle_timeout, settings.header_timeout, settings.body_timeout,
-                       settings.write_timeout, settings.handshake_timeout)
+                       settings.write_timeout, settings.handshake_timeout,
+                       settings.ws_ping_interval, settings.ws_ping_timeout)
         return max(0.001, min(settings.sweep_interval, shortest / 4))
 
     def sweep(self, now: float) -> None:
@@ -519,7 +565,8 @@ class BaseServer:
 class BareServer(BaseServer):
     """Serves requests without WSGI: `BareServer(steward=MySteward)` with a Steward subclass
     overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` returns a
-    `CustomResponder` (or None for "not yet")."""
+    `CustomResponder` (or None for "not yet"). `websockets={path: WebSocketHandler subclass}`
+    serves WebSocket endpoints on the same port."""
 
     def __init__(self, handler: Optional[Callable] = None, **kwa):
         super().__init__(**kwa)
@@ -527,15 +574,18 @@ class BareServer(BaseServer):
 
 
 class Server(BaseServer):
-    """Hosts a WSGI application: `Server(app, host="127.0.0.1", port=0, **settings)`."""
+    """Hosts a WSGI application: `Server(app, host="127.0.0.1", port=0, **settings)`, with
+    WebSocket endpoints beside it on the same port: `websockets={path: WebSocketHandler
+    subclass}`. Without an app it serves the built-in demo (and the demo's endpoints)."""
 
     steward_class = WSGISteward
 
     def __init__(self, app=None, **kwa):
-        super().__init__(**kwa)
         if app is None:
-            from .demo import app as demo_app
-            app = demo_app
+            from . import demo
+            app = demo.app
+            kwa.setdefault("websockets", demo.websockets)
+        super().__init__(**kwa)
         self.app = app
         self.errors = ErrorStream()
 

@@ -56,6 +56,14 @@ class Settings:
                                cli=False)
     access_log_format: str = setting("combined", 'access log format: "common", "combined" or '
                                                  "a template with {fields}")
+    ws_max_message: int = setting(1 << 20, "largest WebSocket message, reassembled and "
+                                           "decompressed (bigger: close 1009)")
+    ws_max_queue: int = setting(1 << 20, "bytes that may wait unsent to a WebSocket client "
+                                         "before send() refuses and closes it (1008)")
+    ws_ping_interval: float = setting(20.0, "ping a WebSocket client not heard from this long")
+    ws_ping_timeout: float = setting(20.0, "close a WebSocket whose pong, or closing "
+                                           "handshake, is this late")
+    ws_compression: bool = setting(True, "accept permessage-deflate from WebSocket clients")
 
     def limits(self) -> Limits:
         return Limits(max_request_line=self.max_request_line,
