@@ -33,6 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         options = gather(argv)
         configure_logging(options)
         app = load_app(options)
+        websockets = load_websockets(options)
         addresses = bind_addresses(options)
         settings = settings_from(options)
         settings["ssl_context"] = tls_context(options)
@@ -49,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scheme = "https" if settings["ssl_context"] else "http"
     for sock in sockets:
         logger.info("serving %s on %s", options["app"] or "the demo app", url_of(sock, scheme))
+
+    if websockets:
+        settings["websockets"] = websockets
 
     def work() -> int:
         return serve(app, sockets, settings, options)
@@ -121,21 +125,12 @@ def load_app(options: dict):
     spec = options["app"]
     if not spec:
         return None
-    app_dir = os.path.abspath(options["app_dir"])
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
+    _use_app_dir(options)
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "app"
     factory = options["factory"] or attribute.endswith("()")
     attribute = attribute.removesuffix("()")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as ex:  # ImportError, or any error raised while the module runs
-        raise UsageError(f"cannot import {module_name!r}: {type(ex).__name__}: {ex}") from None
-    try:
-        app = getattr(module, attribute)
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    app = load_object(module_name, attribute)
     if factory:
         if not callable(app):
             raise UsageError(f"factory {spec!r} is not callable")
@@ -146,6 +141,39 @@ def load_app(options: dict):
     if not callable(app):
         raise UsageError(f"{spec!r} is not a WSGI app: {type(app).__name__} is not callable")
     return app
+
+
+def load_websockets(options: dict) -> dict:
+    """`--websocket PATH=module:Handler` entries as {path: handler class}."""
+    endpoints = {}
+    for entry in options["websocket"]:
+        path, sep, spec = entry.partition("=")
+        module_name, colon, attribute = spec.partition(":")
+        if not sep or not path.startswith("/") or not colon or not attribute:
+            raise UsageError(f"--websocket {entry!r}: expected PATH=module:Handler")
+        _use_app_dir(options)
+        handler = load_object(module_name, attribute)
+        if not callable(handler):
+            raise UsageError(f"--websocket {entry!r}: {spec} is not callable")
+        endpoints[path] = handler
+    return endpoints
+
+
+def load_object(module_name: str, attribute: str):
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as ex:  # ImportError, or any error raised while the module runs
+        raise UsageError(f"cannot import {module_name!r}: {type(ex).__name__}: {ex}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+
+
+def _use_app_dir(options: dict) -> None:
+    app_dir = os.path.abspath(options["app_dir"])
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
 
 
 def bind_addresses(options: dict) -> list:

@@ -27,6 +27,8 @@ FALSE = {"0", "false", "no", "off"}
 # Options of the command line beyond the server settings: (name, type, default, help).
 COMMAND_OPTIONS = [
     ("bind", list, [], "HOST:PORT, [IPV6]:PORT or unix:PATH to listen on (repeatable)"),
+    ("websocket", list, [], "PATH=module:Handler: a WebSocket endpoint beside the app "
+                            "(repeatable)"),
     ("factory", bool, False, "APP names a factory: call it (no arguments) to get the app"),
     ("app_dir", str, ".", "directory to import the app from"),
     ("tls_cert", str, None, "certificate chain file (PEM): serve HTTPS"),
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 default=argparse.SUPPRESS, help=f"{help_text} (default: {default})")
         elif kind is list:
             parser.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
-                                metavar="ADDRESS", help=help_text)
+                                metavar=name.upper(), help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
                                 metavar=name.upper(), help=f"{help_text} (default: {default})")

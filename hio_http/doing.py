@@ -31,7 +31,7 @@ import inspect
 import time
 import types
 from collections import deque
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .polling import Poller
 from .timing import Tymee, Tymist, Tymth

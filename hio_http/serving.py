@@ -35,12 +35,12 @@ from typing import Callable, Iterator, Optional
 from .accesslog import AccessLog
 from .doing import Doer
 from .net import Acceptor, Connection
-from .polling import READ, Poller, poller_of
+from .polling import Poller, poller_of
 from .proxying import (FORWARDING_KEYS, ProxyProtocolError, TrustedPeers, apply_forwarding,
                        parse_proxy_header)
 from .requesting import RequestError, Requestant
 from .settings import Settings
-from .responding import (BLOCKED, DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
+from .responding import (DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
                          FileWrapper, Responder, build_environ)
 
 logger = logging.getLogger("hio_http.server")
@@ -137,7 +137,7 @@ class Steward:
             self.requestant.feed(data)
         except RequestError as ex:
             self.error = ex
-        except Exception as ex:  # a parser bug must cost this connection only
+        except Exception:  # a parser bug must cost this connection only
             logger.exception("request parser failed")
             self.error = RequestError(400, "bad request")
         self.advance()
@@ -645,7 +645,7 @@ class ServerDoer(Doer):
         elif shared is not None and server.owns_poller:
             # Already open on its own Poller: nest that Poller in the Doist's so the server
             # still wakes the Doist the moment one of its sockets is ready.
-            shared.register(server.poller, READ, lambda mask: server.poller.poll(0))
+            shared.nest(server.poller)
             self.nested = server.poller
 
     def recur(self, tyme: float) -> bool:

@@ -211,3 +211,32 @@ def test_several_binds_including_a_unix_socket(app_dir):
     finally:
         assert stop(process) == 0
     assert not path.exists()
+
+
+def test_websocket_endpoint_beside_the_app_from_the_command_line(app_dir):
+    from websockets.sync.client import connect
+
+    (app_dir / "opsapp.py").write_text(APP + textwrap.dedent('''
+        from hio_http.websocket import WebSocketHandler
+
+        class Shout(WebSocketHandler):
+            def on_message(self, message):
+                self.send(message.upper())
+    '''))
+    process, url = run(["--port", "0", "--websocket", "/ws/shout=opsapp:Shout", "opsapp:app"],
+                       app_dir)
+    try:
+        assert requests.get(url, timeout=5).text == "hello"
+        with connect(url.replace("http://", "ws://") + "/ws/shout", open_timeout=5) as ws:
+            ws.send("quiet please")
+            assert ws.recv(timeout=5) == "QUIET PLEASE"
+    finally:
+        assert stop(process) == 0
+
+
+def test_bad_websocket_option_is_one_clear_line(app_dir):
+    result = subprocess.run([sys.executable, "-m", "hio_http", "--websocket", "nopath",
+                             "opsapp:app"], cwd=app_dir, capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2
+    assert "expected PATH=module:Handler" in result.stderr
