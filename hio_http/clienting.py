@@ -27,6 +27,9 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # `service()`, once a turn, checks deadlines and (with a Poller of its own) polls it.
 # An EventStream has a session of its own, since its response never ends; when it does end, or
 # the connection drops, the stream reconnects after `retry` ms with Last-Event-ID.
+# A WebSocketClient (websocket_client.py) has one too, and takes its link over once it is up.
+# Both stand in `client.streams`, which the client starts (`_start`), services every turn
+# (`_service(now)`) and closes (`close()`) with itself.
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import socket
 import ssl
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
 from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
@@ -50,6 +53,9 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
 from .doing import Doer
 from .net import Connection
 from .polling import WRITE, Poller, poller_of
+
+if TYPE_CHECKING:
+    from .websocket_client import WebSocketClient
 
 logger = logging.getLogger("hio_http.client")
 
@@ -601,7 +607,7 @@ class Client:
             self.owns_poller = True
         self.opened = True
         self.closed = False
-        for stream in self.streams:
+        for stream in list(self.streams):  # one that fails at once leaves the list
             stream._start()
         self._pump()
         return self
@@ -697,6 +703,20 @@ class Client:
         if self.opened:
             stream._start()
         return stream
+
+    def websocket(self, path: str, subprotocols: Sequence[str] = (), headers: Headers = None,
+                  compression: bool = True, max_message: int = 1024 * 1024, *,
+                  on_message: Optional[Callable[[Union[str, bytes]], None]] = None,
+                  on_close: Optional[Callable[[int, str], None]] = None,
+                  on_open: Optional[Callable[[], None]] = None,
+                  close_timeout: float = 10.0) -> "WebSocketClient":
+        """Open a WebSocket at `path` (ws://, or wss:// for an https client) on a connection of
+        its own; see websocket_client.WebSocketClient."""
+        from .websocket_client import WebSocketClient  # it builds on this module
+        return WebSocketClient(self, path, subprotocols=subprotocols, headers=headers,
+                               compression=compression, max_message=max_message,
+                               on_message=on_message, on_close=on_close, on_open=on_open,
+                               close_timeout=close_timeout)
 
     # -- the loop -----------------------------------------------------------------------------
 
