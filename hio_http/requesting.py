@@ -36,6 +36,8 @@ __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 
 _IDLE, _HEAD, _BODY, _TRAILER = range(4)
 
+MAX_CHUNK_LINE = 8192  # bytes of one chunk-size line with its extensions (ours, not llhttp's)
+
 # llhttp rejects these itself; its reason string tells us which status to answer with.
 # Anything else llhttp rejects is a 400 that quotes llhttp's (fixed, client-free) reason.
 _LLHTTP_REASONS: dict[str, tuple[int, str]] = {
@@ -136,7 +138,8 @@ class Requestant:
 
     __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
                  "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_head_start", "_after_end", "_failure")
+                 "_sections", "_raw_bytes", "_head_start", "_after_end", "_failure",
+                 "_progress", "_framing")
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits if limits is not None else Limits()
@@ -155,6 +158,8 @@ class Requestant:
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
         self._after_end: Callable[[bytes], None] | None = None
         self._failure: BaseException | None = None
+        self._progress = 0  # body data or chunk headers seen: a chunked body is moving
+        self._framing = 0  # bytes fed inside a chunked body without any such progress
 
     # ---- public API ----
 
@@ -179,6 +184,7 @@ class Requestant:
         idle = self._phase == _IDLE
         self._remember_head_start(data)
         sections, line_bytes = self._sections, self._line_bytes
+        progress = self._progress
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -189,6 +195,8 @@ class Requestant:
             return
         if self._phase == _HEAD or self._phase == _TRAILER:
             self._count_open_section(len(data), self._sections - sections, idle, line_bytes)
+        elif self._phase == _BODY and self._request is not None and self._request.chunked:
+            self._count_chunk_framing(len(data), progress)
 
     def close(self) -> None:
         """Release the bodies (maybe temporary files) of unfinished and queued requests.
@@ -238,6 +246,7 @@ class Requestant:
 
     def on_body(self, piece: bytes) -> None:
         self._phase = _BODY  # data after a chunk-size line: not a trailer section
+        self._progress += 1
         request = self._request
         request.body.write(piece)
         request.body_size += len(piece)
@@ -247,6 +256,7 @@ class Requestant:
 
     def on_chunk_header(self) -> None:
         # Maybe the last chunk, whose trailer fields then land in `trailers`.
+        self._progress += 1
         self._phase = _TRAILER
         self._sections += 1
         self._fields = self._request.trailers
@@ -360,6 +370,14 @@ class Requestant:
 
     def _section_message(self) -> str:
         return f"request {'header' if self._phase == _HEAD else 'trailer'} section too large"
+
+    def _count_chunk_framing(self, size: int, progress: int) -> None:
+        """llhttp reads chunk extensions without a bound and reports nothing while it does: an
+        endless chunk-size line would hold the connection forever without counting toward
+        max_body (cf. CVE-2024-22019). Allow MAX_CHUNK_LINE bytes of such silence."""
+        self._framing = 0 if self._progress != progress else self._framing + size
+        if self._framing > MAX_CHUNK_LINE:
+            raise self._die(RequestError(400, "chunk size line too long"))
 
     def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int) -> None:
         """Bound a head or trailer section still open at the end of a feed.

@@ -45,6 +45,8 @@ from .responding import (DONE, WAITING, BaseResponder, CustomResponder, ErrorStr
 
 logger = logging.getLogger("hio_http.server")
 
+PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
+
 __all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
            "openServer"]
 
@@ -62,6 +64,7 @@ class Steward:
         self.requestant = Requestant(server.limits)
         self.responder: Optional[BaseResponder] = None
         self.deferred = None  # a request whose respond() said "not yet"
+        self.unparsed = b""  # received bytes held back while max_pipeline requests wait
         self.started = 0.0  # when the current response began (for the access log)
         self.error: Optional[RequestError] = None  # answered after the requests before it
         self.refused = False  # an error response went out; the connection is closing
@@ -133,14 +136,35 @@ class Steward:
             data = self._take_proxy_header(data)
             if not data:
                 return
+        self._parse(data)
+        self.advance()
+
+    def _parse(self, data: bytes) -> None:
+        """Feed the parser, but stop once `max_pipeline` requests wait: the rest of the bytes
+        wait unparsed (and reading pauses), so tiny pipelined requests cannot pile up as
+        thousands of parsed objects. Bodies of known length go in one piece, for speed."""
+        requestant = self.requestant
+        offset, size = 0, len(data)
         try:
-            self.requestant.feed(data)
+            while offset < size:
+                if len(requestant.requests) >= self.settings.max_pipeline:
+                    break
+                current = requestant.current
+                if current is not None and current.content_length is not None:
+                    step = max(current.content_length - current.body_size, 1)
+                else:
+                    step = PARSE_SLICE
+                requestant.feed(data if step >= size and not offset else
+                                data[offset:offset + step])
+                offset += step
         except RequestError as ex:
             self.error = ex
+            offset = size
         except Exception:  # a parser bug must cost this connection only
             logger.exception("request parser failed")
             self.error = RequestError(400, "bad request")
-        self.advance()
+            offset = size
+        self.unparsed = data[offset:] if offset < size else b""
 
     def _take_proxy_header(self, data: bytes) -> bytes:
         """PROXY protocol (v1/v2) from a trusted proxy: learn the client's address first, then
@@ -219,7 +243,7 @@ class Steward:
     def _idle(self) -> bool:
         requestant = self.requestant
         return (self.deferred is None and not requestant.requests and requestant.current is None
-                and not requestant.busy and self.error is None)
+                and not requestant.busy and self.error is None and not self.unparsed)
 
     def resume(self) -> None:
         """A later pass for a responder that said "not yet"."""
@@ -229,6 +253,8 @@ class Steward:
     def _begin_next(self) -> bool:
         """Start a responder for the oldest complete request, or answer an error; False: wait."""
         requestant = self.requestant
+        if self.unparsed and not requestant.requests and self.error is None:
+            self._parse(self.unparsed)
         if self.deferred is not None or requestant.requests:
             request = self.deferred or requestant.requests.popleft()
             if self.server.closing or request.upgrade is not None:
@@ -256,7 +282,8 @@ class Steward:
             return False
         current = requestant.current
         if self.eof or (self.server.closing and self._idle()):
-            self.connection.close()  # nothing is left to answer, or we are shutting down
+            # Nothing is left to answer, or we are shutting down: what is queued still goes.
+            self.connection.close_when_drained()
         elif current is not None:
             if not self._check_expectation(current):
                 return False
@@ -287,6 +314,8 @@ class Steward:
     def _finish_response(self) -> bool:
         """Close out the finished responder; False if the connection closes after it."""
         responder, self.responder = self.responder, None
+        if responder is None:  # the connection closed under it (a reset while writing)
+            return False
         self.server.waiting.discard(self)
         responder.close()
         if self.server.access is not None:
@@ -327,7 +356,8 @@ class Steward:
         connection = self.connection
         if connection.closed or self.eof or self.protocol is not None:
             return
-        if len(self.requestant.requests) >= self.settings.max_pipeline or self.error:
+        if self.unparsed or self.error or (
+                len(self.requestant.requests) >= self.settings.max_pipeline):
             if connection.reading:
                 connection.pause_reading()
         elif not connection.reading:

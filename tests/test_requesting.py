@@ -582,3 +582,24 @@ def test_property_arbitrary_bytes_parse_or_raise_request_error(prefix, noise, pi
             feed_all(prefix + noise, Limits(max_header_bytes=512, max_body=64), size)
         except RequestError as error:
             assert error.status in (400, 413, 414, 431, 501, 505)
+
+
+def test_endless_chunk_extension_is_refused_byte_by_byte_or_whole():
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext="
+    for piece_size in (1, 1000, 20000):
+        requestant = Requestant()
+        requestant.feed(head)
+        with pytest.raises(RequestError) as caught:
+            for _ in range(40000 // piece_size + 2):
+                requestant.feed(b"a" * piece_size)
+        assert caught.value.status == 400
+
+
+def test_long_but_bounded_chunk_extensions_are_fine():
+    requestant = Requestant()
+    body = b"".join(b"4;note=" + b"n" * 100 + b"\r\ndata\r\n" for _ in range(200)) + b"0\r\n\r\n"
+    requestant.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for offset in range(0, len(body), 7):
+        requestant.feed(body[offset:offset + 7])
+    request = requestant.requests.popleft()
+    assert request.body.read() == b"data" * 200
