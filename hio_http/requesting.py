@@ -448,12 +448,15 @@ class Requestant:
         """
         self._head_start += data
         head = self._head_start.lstrip(b"\r\n")  # llhttp skips empty lines first
-        for index, byte in enumerate(head):
+        # Only the first max_request_line bytes are judged: a token that runs past the limit is
+        # 414 whatever follows it, so the verdict cannot depend on how the bytes were split.
+        limit = self.limits.max_request_line
+        for index, byte in enumerate(head[:limit + 1]):
             if byte not in _TCHAR:
                 if index and byte == 0x20:  # RFC 9112 §3: method SP request-target
                     raise self._die(RequestError(501, "method not implemented"))
                 raise self._die(RequestError(400, "malformed request method"))
-        if len(head) > self.limits.max_request_line:
+        if len(head) > limit:
             raise self._die(RequestError(414, "request line too long"))
 
     def _switch_protocols(self, data: bytes, offset: int) -> None:
