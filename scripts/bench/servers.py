@@ -1,0 +1,199 @@
+"""The servers under test: how each is installed (its own throwaway virtualenv) and started.
+
+A server's `command(python_bin, port)` is the command line without the CPU pinning; run.py adds
+`taskset -c 0` and starts it in a session of its own with scripts/bench as working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import venv
+from pathlib import Path
+from typing import Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PROJECT_FILES = ("hio_http", "setup.py", "setup.cfg", "README.md", "LICENSE")
+
+
+@dataclasses.dataclass
+class ServerSpec:
+    name: str  # as shown in the tables
+    venv: str  # virtualenv directory name under <out>/venvs
+    packages: tuple  # what pip installs into that venv (besides Falcon)
+    command: Callable[[Path, int], list]  # (venv bin dir, port) -> argv
+    note: str = ""  # how it is configured, for the README table
+    cases: Optional[tuple] = None  # only these cases (None: all but hio_http-only ones)
+    env: dict = dataclasses.field(default_factory=dict)
+
+
+def _hio_http(bin_dir: Path, port: int) -> list:
+    return [str(bin_dir / "python"), "-m", "hio_http", "--bind", f"127.0.0.1:{port}", "apps:app"]
+
+
+def _hio_http_wide(bin_dir: Path, port: int) -> list:
+    return [str(bin_dir / "python"), "host_hio_http.py", "--port", str(port),
+            "--max-connections", "20000"]
+
+
+def _waitress(threads: Optional[int]):
+    def command(bin_dir: Path, port: int) -> list:
+        argv = [str(bin_dir / "waitress-serve"), f"--listen=127.0.0.1:{port}"]
+        if threads is not None:
+            argv.append(f"--threads={threads}")
+        return argv + ["apps:app"]
+    return command
+
+
+def _gunicorn(bin_dir: Path, port: int) -> list:
+    return [str(bin_dir / "gunicorn"), "--workers", "1", "--worker-class", "sync",
+            "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "apps:app"]
+
+
+def _cheroot(bin_dir: Path, port: int) -> list:
+    # Its listen backlog defaults to 5: wrk's 100 simultaneous connects would then meet SYN
+    # drops and 1 s retries, so it gets the 1024 most of the others use.
+    return [str(bin_dir / "cheroot"), "--bind", f"127.0.0.1:{port}",
+            "--request-queue-size", "1024", "apps:app"]
+
+
+def _bjoern(bin_dir: Path, port: int) -> list:
+    return [str(bin_dir / "python"), "host_bjoern.py", "--port", str(port)]
+
+
+def _hio(tock: float):
+    def command(bin_dir: Path, port: int) -> list:
+        return [str(bin_dir / "python"), "host_hio.py", "--port", str(port), "--tock", str(tock)]
+    return command
+
+
+IDLE_ONLY = ("idle_10k", "idle_1k")
+
+SERVERS = [
+    ServerSpec("hio_http", "hio_http", ("httptools", "py-spy"), _hio_http,
+               "its CLI, default tock 0.03125, default settings (max_connections 1000)"),
+    ServerSpec("hio_http wide", "hio_http", ("httptools", "py-spy"), _hio_http_wide,
+               "host_hio_http.py: max_connections=20000, otherwise as the CLI", cases=IDLE_ONLY),
+    ServerSpec("waitress-4", "waitress", ("waitress",), _waitress(None),
+               "waitress-serve, default threads (4), connection_limit 100"),
+    ServerSpec("waitress-1", "waitress", ("waitress",), _waitress(1), "waitress-serve --threads=1"),
+    ServerSpec("gunicorn-sync", "gunicorn", ("gunicorn",), _gunicorn,
+               "1 sync worker: closes each connection after one response, then lingers up to "
+               "2 s for the client's close"),
+    ServerSpec("cheroot", "cheroot", ("cheroot",), _cheroot,
+               "cheroot CLI, default 10 threads, --request-queue-size 1024 (listen backlog; default 5)"),
+    ServerSpec("bjoern", "bjoern", ("bjoern",), _bjoern, "bjoern.run (libev, C)"),
+    ServerSpec("hio tock=0", "hio", ("hio",), _hio(0.0),
+               "hio.core.http.Server under hio's Doist(real=True), tock 0.0 (busy loop)"),
+    ServerSpec("hio tock=0.001", "hio", ("hio",), _hio(0.001), "as above, tock 0.001"),
+    ServerSpec("hio tock=0.03125", "hio", ("hio",), _hio(0.03125), "as above, tock 0.03125"),
+]
+
+REFERENCES = ("waitress-4", "hio tock=0.001")  # every figure is also shown as a ratio to these
+
+
+def find(name: str) -> ServerSpec:
+    for spec in SERVERS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+class InstallError(Exception):
+    """A server's environment could not be built; the message says why, in one line."""
+
+
+def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_python=None) -> Path:
+    """The bin directory of the server's venv, created and installed on first use.
+
+    hio_http is reinstalled from a copy of the working tree on every run, so the benchmark
+    measures the code as it is now (and nothing is written inside the repo). `offline_python`:
+    use that interpreter for hio_http instead (the smoke test: no venv, no network).
+    """
+    if spec.venv == "hio_http" and offline_python:
+        return _shim(venvs / "hio_http-offline", offline_python)
+    root = venvs / spec.venv
+    bin_dir = root / "bin"
+    marker = root / ".bench-installed"
+    wanted = " ".join(("falcon",) + spec.packages)
+    log = logs / f"install-{spec.venv}.log"
+    if not (marker.exists() and marker.read_text() == wanted):
+        progress(f"installing {spec.venv} venv: {wanted} (log: {log})")
+        if root.exists():
+            shutil.rmtree(root)
+        venv.EnvBuilder(with_pip=True, clear=True).create(root)
+        _pip(bin_dir, ["install", "--upgrade", "pip", "setuptools", "wheel"], log)
+        if spec.venv == "bjoern":
+            _ensure_libev(log, progress)
+        _pip(bin_dir, ["install", "falcon", *spec.packages], log)
+        marker.write_text(wanted)
+    if spec.venv == "hio_http" and root not in _PROJECT_INSTALLED:
+        _install_project(bin_dir, log)
+        _PROJECT_INSTALLED.add(root)
+    return bin_dir
+
+
+_PROJECT_INSTALLED: set = set()  # venvs that got this run's snapshot of hio_http
+
+
+def _shim(root: Path, python: str) -> Path:
+    """A bin directory whose `python` execs `python` (same pid), standing in for a venv."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "python"
+    shim.write_text(f'#!/bin/sh\nexec "{os.path.abspath(python)}" "$@"\n')
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def _pip(bin_dir: Path, args: list, log: Path) -> None:
+    with open(log, "a") as handle:
+        handle.write(f"\n$ pip {' '.join(args)}\n")
+        handle.flush()
+        result = subprocess.run([str(bin_dir / "python"), "-m", "pip", "--disable-pip-version-check",
+                                 *args], stdout=handle, stderr=subprocess.STDOUT, timeout=900)
+    if result.returncode != 0:
+        raise InstallError(f"pip {' '.join(args)} failed: {_reason(log)}")
+
+
+def _reason(log: Path) -> str:
+    """The most telling line of a failed pip run."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    for marker in ("fatal error:", "error: ", "ERROR: ", "Error:"):
+        for line in lines:
+            if marker in line and "--" not in line[:3]:
+                return line[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def _install_project(bin_dir: Path, log: Path) -> None:
+    """Install hio_http from a snapshot of the working tree (no build isolation: offline)."""
+    with tempfile.TemporaryDirectory(prefix="hio_http-src-") as folder:
+        for name in PROJECT_FILES:
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, Path(folder) / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif source.exists():
+                shutil.copy2(source, Path(folder) / name)
+        _pip(bin_dir, ["install", "--no-deps", "--no-build-isolation", "--force-reinstall",
+                       "--quiet", folder], log)
+
+
+def _ensure_libev(log: Path, progress) -> None:
+    """bjoern builds against libev: install Debian's libev-dev when its header is missing."""
+    if Path("/usr/include/ev.h").exists():
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        raise InstallError("libev-dev missing (ev.h) and apt-get unavailable")
+    progress("installing libev-dev with apt-get (for bjoern)")
+    with open(log, "a") as handle:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "libev-dev"]):
+            subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=600)
+    if not Path("/usr/include/ev.h").exists():
+        raise InstallError("libev-dev could not be installed with apt-get")
