@@ -218,6 +218,8 @@ class Steward:
             while not connection.closed:
                 if self.responder is None and not self._begin_next():
                     break
+                if self.responder is None:  # the client left while the response started
+                    return
                 state = self.responder.pump()
                 if state is DONE:
                     if not self._finish_response():

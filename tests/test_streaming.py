@@ -2,6 +2,7 @@
 reading, and "not yet" items that never hold up other connections."""
 
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -180,3 +181,16 @@ def test_client_gone_during_a_parked_response_frees_it_at_once(serve):
     time.sleep(0.2)
     sock.close()
     assert closed.wait(3), "the app's iterable was not closed when its client left"
+
+
+def test_client_reset_during_a_sendfile_download_is_no_internal_error(serve, big_file, caplog):
+    server = serve(file_app(big_file), validate=False)
+    with caplog.at_level(logging.ERROR, logger="hio_http"):
+        for _ in range(10):
+            sock = raw_connect(server)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.recv(1000)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.close()  # RST with most of the file unsent
+        assert requests.get(server.url, timeout=20).status_code == 200
+    assert "internal error" not in caplog.text
