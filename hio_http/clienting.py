@@ -52,7 +52,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
 from .doing import Doer
 from .net import Connection
-from .polling import WRITE, Poller, poller_of
+from .polling import WRITE, Poller, join_loop, leave_loop
 
 if TYPE_CHECKING:
     from .websocket_client import WebSocketClient
@@ -1115,17 +1115,10 @@ class ClientDoer(Doer):
 
     def enter(self) -> None:
         client = self.client
-        shared = poller_of(self.tymth)
         client.set_clock(self.tymth)  # deadlines follow the Doist's tyme, simulated or real
         if not client.opened:
-            if shared is not None and client.poller is None:
-                client.poller = shared
             client.closed = False
-            client.open()
-        elif shared is not None and client.owns_poller:
-            # Opened earlier on its own Poller: nest it, so its sockets still wake the Doist.
-            shared.nest(client.poller)
-            self.nested = client.poller
+        self.nested = join_loop(client, self.tymth)
 
     def recur(self, tyme: float) -> bool:
         try:
@@ -1135,9 +1128,6 @@ class ClientDoer(Doer):
         return False
 
     def exit(self) -> None:
-        if self.nested is not None:
-            shared = poller_of(self.tymth)
-            if shared is not None:
-                shared.unregister(self.nested)
-            self.nested = None
+        leave_loop(self.nested, self.tymth)
+        self.nested = None
         self.client.close()

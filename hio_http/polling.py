@@ -86,3 +86,26 @@ class Poller:
 def poller_of(tymth) -> Optional[Poller]:
     """The Poller of the Doist whose tymth this is, or None under a scheduler without one."""
     return getattr(tymth, "poller", None)
+
+
+def join_loop(component, tymth) -> Optional[Poller]:
+    """Put a component with sockets (`poller`, `owns_poller`, `opened`, `open()`) on the Poller
+    of the Doist whose tymth this is: one not yet open shares it; one already open on a Poller
+    of its own gets that Poller nested, so its sockets still wake the Doist. Returns the nested
+    Poller, for `leave_loop`, or None."""
+    shared = poller_of(tymth)
+    if not component.opened:
+        if shared is not None and component.poller is None:
+            component.poller = shared
+        component.open()
+    elif shared is not None and component.owns_poller:
+        shared.nest(component.poller)
+        return component.poller
+    return None
+
+
+def leave_loop(nested: Optional[Poller], tymth) -> None:
+    """Undo the nesting `join_loop` did, if any."""
+    shared = poller_of(tymth)
+    if nested is not None and shared is not None:
+        shared.unregister(nested)

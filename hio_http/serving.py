@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Optional
 from .accesslog import AccessLog
 from .doing import Doer
 from .net import Acceptor, Connection
-from .polling import Poller, poller_of
+from .polling import Poller, join_loop, leave_loop
 from .proxying import (FORWARDING_KEYS, ProxyProtocolError, TrustedPeers, apply_forwarding,
                        parse_proxy_header)
 from .requesting import RequestError, Requestant
@@ -667,18 +667,9 @@ class ServerDoer(Doer):
         self.stopping = True
 
     def enter(self) -> None:
-        server = self.server
-        shared = poller_of(self.tymth)
-        if not server.opened:
-            if shared is not None and server.poller is None:
-                server.poller = shared
-            server.clock = self.tymth  # deadlines follow the Doist's tyme, simulated or real
-            server.open()
-        elif shared is not None and server.owns_poller:
-            # Already open on its own Poller: nest that Poller in the Doist's so the server
-            # still wakes the Doist the moment one of its sockets is ready.
-            shared.nest(server.poller)
-            self.nested = server.poller
+        if not self.server.opened:
+            self.server.clock = self.tymth  # deadlines follow the Doist's tyme
+        self.nested = join_loop(self.server, self.tymth)
 
     def recur(self, tyme: float) -> bool:
         server = self.server
@@ -693,11 +684,8 @@ class ServerDoer(Doer):
         return False
 
     def exit(self) -> None:
-        if self.nested is not None:
-            shared = poller_of(self.tymth)
-            if shared is not None:
-                shared.unregister(self.nested)
-            self.nested = None
+        leave_loop(self.nested, self.tymth)
+        self.nested = None
         self.server.close()
 
 
