@@ -67,6 +67,34 @@ SENDABLE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012
 INFLATE_SLICE = 4096
 
 
+class Reassembly:
+    """The fragments of the message being received, within a byte limit (text counted as
+    UTF-8), so a message larger than the limit is refused before it is held whole."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.parts: list = []
+        self.size = 0
+
+    def add(self, data) -> bool:
+        """Keep a fragment; False (nothing kept) once the message passes the limit."""
+        self.size += len(data) if type(data) is bytes or data.isascii() else len(data.encode())
+        if self.size > self.limit:
+            self.clear()
+            return False
+        self.parts.append(data)
+        return True
+
+    def take(self):
+        """The whole message (str or bytes), and a fresh start for the next one."""
+        parts = self.parts
+        self.clear()
+        return parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+
+    def clear(self) -> None:
+        self.parts, self.size = [], 0
+
+
 class WebSocketHandler:
     """One WebSocket connection's application logic. Subclass it and register the class for a
     path: `Server(app, websockets={"/ws/chat": ChatHandler})`; the server makes one instance per
@@ -240,8 +268,7 @@ class WebSocketSession:
         self.eof = False
         self.parsing = True  # False once wsproto's parser failed or the closing handshake ended
         self.notified = False  # on_close was called
-        self.parts: list = []  # fragments of the message being received
-        self.size = 0  # its bytes so far
+        self.incoming = Reassembly(self.settings.ws_max_message)
         self.slice = INFLATE_SLICE if compressed else 0
         self.loop_thread = threading.get_ident()
         self.outbox: deque = deque()  # hand-offs from other threads: ("send", m) / ("close", c, r)
@@ -393,7 +420,7 @@ class WebSocketSession:
         if self.state != OPEN or self.connection.closed:
             return
         self.state = CLOSING
-        self.parts, self.size = [], 0
+        self.incoming.clear()
         self._write(self.protocol.send(CloseConnection(code, reason)))
         self.deadline = self.server.clock() + self.settings.ws_ping_timeout
 
@@ -420,18 +447,13 @@ class WebSocketSession:
     def _piece(self, event) -> None:
         if self.state != OPEN:
             return  # closing: the rest of the client's messages are dropped unread
-        data = event.data
-        self.size += len(data) if type(data) is bytes or data.isascii() else len(data.encode())
-        if self.size > self.settings.ws_max_message:
+        if not self.incoming.add(event.data):
             logger.info("closing WebSocket from %s: message over %d bytes", self.connection.peer,
                         self.settings.ws_max_message)
             self._close_now(1009, f"message too big (limit {self.settings.ws_max_message})")
             return
-        self.parts.append(data)
         if event.message_finished:
-            parts, self.parts, self.size = self.parts, [], 0
-            message = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
-            self._call(self.handler.on_message, message)
+            self._call(self.handler.on_message, self.incoming.take())
 
     def _close_frame(self, event: CloseConnection) -> None:
         state = self.protocol.state

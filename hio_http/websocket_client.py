@@ -36,7 +36,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
 from .clienting import Headers, _header_list, _is_token, _Link, _Session
-from .websocket import INFLATE_SLICE, SENDABLE
+from .websocket import INFLATE_SLICE, SENDABLE, Reassembly
 
 if TYPE_CHECKING:
     from .clienting import Client
@@ -137,8 +137,7 @@ class WebSocketClient:
         self._deadline: Optional[float] = None
         self._reading = True  # False once wsproto has nothing more to parse
         self._slice = INFLATE_SLICE  # until the handshake tells whether frames are compressed
-        self._parts: list = []  # fragments of the message being received
-        self._size = 0  # its bytes so far
+        self._incoming = Reassembly(max_message)
         self._refusal: Optional[HandshakeError] = None  # a non-101 answer, its body arriving
         if client.closed:
             self._finish(ConnectionLost("the client is closed"))
@@ -354,24 +353,16 @@ class WebSocketClient:
     def _piece(self, event) -> None:
         if self.state != OPEN:
             return  # closing: what the server still sends is dropped unread
-        data = event.data
-        self._size += len(data) if not isinstance(data, str) or data.isascii() else len(
-            data.encode("utf-8"))
-        if self._size > self.max_message:
+        if not self._incoming.add(event.data):
             # Failed rather than closed: waiting for the server's Close would mean inflating
             # the rest of this message first.
             self._fail_connection(1009, f"message too big (limit {self.max_message})",
                                   ProtocolError(f"{self.url}: a message larger than "
                                                 f"max_message ({self.max_message} bytes)"))
             return
-        self._parts.append(data)
         if not event.message_finished:
             return
-        parts, self._parts, self._size = self._parts, [], 0
-        if isinstance(parts[0], str):
-            message: Message = parts[0] if len(parts) == 1 else "".join(parts)
-        else:
-            message = b"".join(parts)
+        message: Message = self._incoming.take()
         if self.on_message is None:
             self.messages.append(message)
         else:
@@ -410,7 +401,7 @@ class WebSocketClient:
     def _close_now(self, code: int, reason: str) -> None:
         if self.state != OPEN:
             return
-        self._parts, self._size = [], 0
+        self._incoming.clear()
         self._write(self._protocol.send(CloseConnection(code, reason)))
         self._closing()
 
@@ -420,7 +411,7 @@ class WebSocketClient:
         if self.error is None:
             self.error = error
         self._record_close(code, reason)
-        self._parts, self._size = [], 0
+        self._incoming.clear()
         self._write(self._protocol.send(CloseConnection(code, reason)))
         self._closing()
         self._reading = False
@@ -463,7 +454,7 @@ class WebSocketClient:
         self._record_close(1006, "")  # no Close frame came: an abnormal closure
         self._deadline = None
         self._outbox.clear()
-        self._parts, self._size = [], 0
+        self._incoming.clear()
         session, self._session = self._session, None
         if session is not None:
             session.close()  # still connecting: its _connect_failed() comes back ignored
