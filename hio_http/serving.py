@@ -218,8 +218,6 @@ class Steward:
             while not connection.closed:
                 if self.responder is None and not self._begin_next():
                     break
-                if self.responder is None:  # the client left while the response started
-                    return
                 state = self.responder.pump()
                 if state is DONE:
                     if not self._finish_response():
@@ -278,7 +276,9 @@ class Steward:
             if self.server.access is not None:
                 self.started = time.time()
             responder.start()
-            return True
+            # Starting may already lose the client (a sendfile to a reset peer), which closes
+            # the connection and releases the responder: then there is nothing to pump.
+            return self.responder is not None
         if self.error is not None:
             self._answer_error(self.error.status, self.error.message)
             return False
