@@ -5,6 +5,11 @@ const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.
 const replies = document.getElementById("replies");
 const status = document.getElementById("status");
 const count = Number(new URLSearchParams(location.search).get("count")) || 3;
+// Headless browsers that run pages on virtual time (as the tests do) count an open WebSocket
+// as idle network and may stop the page mid-exchange; a request held open on the demo's event
+// stream keeps the page busy until the echo exchange has closed.
+const busy = new AbortController();
+fetch("/events", { signal: busy.signal }).catch(() => {});
 const echo = new WebSocket(wsBase + "/ws/echo");
 echo.binaryType = "arraybuffer";
 let sent = 0;
@@ -40,6 +45,7 @@ echo.onmessage = (event) => {
 echo.onerror = () => { status.textContent = "error"; };
 echo.onclose = (event) => {
   status.textContent = "sent " + sent + ", received " + received + ", closed " + event.code;
+  busy.abort();
 };
 
 let chat = null;
