@@ -11,6 +11,8 @@ Nothing here may block, except the Doist's own wait for the next tick or for I/O
 # A deed is (dog, retyme, doer). A *pass* runs, once each and in order, every deed that is due:
 # a dog that yielded a falsy tock ("as soon as possible") is due on the very next pass; one that
 # yielded a positive tock is due once tyme reaches retyme, kept cumulatively so it never drifts.
+# A doer whose `urgent` is true is due on the next pass whatever its retyme: a doer can so sleep
+# on a long tock (nothing to do until a deadline) yet run at once when work turns up.
 #
 # Simulated mode (real=False): a pass per tick, tyme advances one tock per pass, nothing sleeps,
 # and every run is deterministic. Ready sockets are dispatched (poll with zero timeout) before
@@ -19,8 +21,9 @@ Nothing here may block, except the Doist's own wait for the next tick or for I/O
 # Real mode (real=True): tyme follows the monotonic clock (seconds since enter, plus the starting
 # tyme), so a pass woken early sees the true time rather than a multiple of tock. Between passes
 # the Doist waits in its Poller until the next tick is due, a timed deed is due, or a registered
-# socket is ready, whichever comes first; the Poller runs the ready sockets' callbacks and the
-# next pass follows at once. So I/O costs no tock of latency and an idle Doist sleeps.
+# socket is ready, whichever comes first. Tyme is brought up to the clock before the Poller runs
+# the ready sockets' callbacks (a wait can be long), and the next pass follows at once. So I/O
+# costs no tock of latency, and a Doist whose doers all sleep on long tocks does not wake at all.
 #
 # The Poller reaches doers through the tymth: a Doist's tymth carries it as `tymth.poller`, and
 # DoDoers hand their tymth down, so every doer under a Doist can find it (see polling.poller_of).
@@ -90,7 +93,8 @@ class _Deeds:
         running, deeds = self._running, self._deeds
         while running:
             dog, retyme, doer = running.popleft()
-            if retyme is not None and retyme > tyme:
+            early = retyme is not None and retyme > tyme
+            if early and not getattr(doer, "urgent", False):
                 deeds.append((dog, retyme, doer))
                 continue
             try:
@@ -102,8 +106,8 @@ class _Deeds:
                 self._dropped = [gone for gone in self._dropped if gone is not doer]
                 self._close(deque([(dog, retyme, doer)]))
                 continue
-            if tock:
-                retyme = (tyme if retyme is None else retyme) + tock
+            if tock:  # on time: keep the grid, so it never drifts; early or asap: from now
+                retyme = (tyme if retyme is None or early else retyme) + tock
             else:
                 retyme = None  # as soon as possible: the next pass
             deeds.append((dog, retyme, doer))
@@ -112,8 +116,8 @@ class _Deeds:
         """(whether some dog runs every pass, earliest retyme of the timed ones)."""
         asap = False
         earliest = None
-        for _, retyme, _ in self._deeds:
-            if retyme is None:
+        for _, retyme, doer in self._deeds:
+            if retyme is None or getattr(doer, "urgent", False):
                 asap = True
             elif earliest is None or retyme < earliest:
                 earliest = retyme
@@ -157,7 +161,12 @@ class Doer(Tymee):
         tock: seconds wanted between turns; 0 means as soon as possible (every pass).
         opts: options injected into `do` by the scheduler.
         temp: scheduler-injected flag for temporary resources (hio convention).
+        urgent: true while the doer wants its next turn now, whatever tock it last yielded.
+            This package's Doist and DoDoer honour it, so a doer can sleep on a long tock and
+            still answer at once when something happens (ServerDoer does); hio's ignore it.
     """
+
+    urgent = False
 
     def __init__(self, *, tymth: Optional[Tymth] = None, tock: float = 0.0, temp=None, **opts):
         super().__init__(tymth=tymth)
@@ -265,6 +274,11 @@ class DoDoer(Doer):
         self.deeds = _Deeds()
         self.deeds.enter(self.doers, self.tymth, self.tyme, self.temp)
 
+    @property
+    def urgent(self) -> bool:
+        """A DoDoer sleeping on a tock of its own still wakes for an urgent doer of its own."""
+        return any(getattr(doer, "urgent", False) for doer in self.doers)
+
     def recur(self, tyme: float) -> bool:
         self.deeds.run(tyme)
         return not self.deeds
@@ -346,7 +360,7 @@ class Doist(Tymist):
                     if self.limit is not None and self.tyme - start >= self.limit:
                         break
                     if self.real:
-                        self._wait()
+                        self._wait(None if self.limit is None else start + self.limit)
                 except KeyboardInterrupt:
                     break
         finally:
@@ -394,14 +408,17 @@ class Doist(Tymist):
             if self._next_tick <= self.tyme:  # fell behind: start a fresh grid of ticks
                 self._next_tick = self.tyme + self.tock
 
-    def _wait(self) -> None:
-        """Sleep in the Poller until the next tick, the next timed deed, or ready I/O."""
+    def _wait(self, end: Optional[float] = None) -> None:
+        """Sleep in the Poller until the next tick, the next timed deed, ready I/O, or `end`."""
         asap, earliest = self.deeds.next_due()
         wake = self._next_tick if asap else None
-        if earliest is not None and (wake is None or earliest < wake):
-            wake = earliest
+        for due in (earliest, end):
+            if due is not None and (wake is None or due < wake):
+                wake = due
         timeout = None if wake is None else wake - (time.monotonic() - self._origin)
-        self.poller.poll(timeout)
+        events = self.poller.select(timeout)
+        self.tyme = time.monotonic() - self._origin  # callbacks may set deadlines from tyme
+        self.poller.dispatch(events)
 
 
 def doify(f: Callable, *, name: Optional[str] = None, tock: float = 0.0, **opts) -> Callable:

@@ -2,11 +2,13 @@
 
 A `Doist` owns one Poller and waits in it between ticks, so it wakes the moment a registered
 socket is ready. A Poller never reads or writes a socket itself; its callbacks do that work.
+`wake()` ends a wait early from another thread or a signal handler.
 """
 
 from __future__ import annotations
 
 import selectors
+import socket
 from typing import Callable, Optional
 
 READ = selectors.EVENT_READ
@@ -24,6 +26,11 @@ class Poller:
 
     def __init__(self):
         self._selector = selectors.DefaultSelector()
+        # A socket pair whose far end wake() writes to: the selector sees it readable.
+        self._alarm, self._bell = socket.socketpair()
+        self._alarm.setblocking(False)
+        self._bell.setblocking(False)
+        self._selector.register(self._alarm, READ, self._quiet)
 
     def register(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
         """Watch `fileobj` for `events`; call `callback(mask)` when ready.
@@ -53,7 +60,8 @@ class Poller:
         return True
 
     def __len__(self) -> int:
-        return len(self._selector.get_map())
+        """How many files are watched (not counting the one wake() uses)."""
+        return len(self._selector.get_map()) - 1
 
     def poll(self, timeout: Optional[float] = 0.0) -> int:
         """Wait up to `timeout` seconds (None: forever, 0: not at all), dispatch, return the count.
@@ -61,12 +69,34 @@ class Poller:
         With nothing registered the wait still lasts the timeout (epoll, kqueue and poll sleep),
         so a Doist can always wait here instead of in `time.sleep`.
         """
+        return self.dispatch(self.select(timeout))
+
+    def select(self, timeout: Optional[float] = 0.0) -> list:
+        """The waiting half of `poll`: the ready (key, mask) pairs, not yet dispatched."""
         if timeout is not None and timeout < 0:
             timeout = 0.0
-        events = self._selector.select(timeout)
+        return self._selector.select(timeout)
+
+    def dispatch(self, events: list) -> int:
+        """The other half of `poll`: run the callback of each ready file."""
         for key, mask in events:
             key.data(mask)
         return len(events)
+
+    def wake(self) -> None:
+        """End the current (or next) wait at once. Safe from any thread and from a signal
+        handler: it only writes a byte, and a byte already waiting is enough."""
+        try:
+            self._bell.send(b"\0")
+        except OSError:  # full (a wake is pending anyway) or closed
+            pass
+
+    def _quiet(self, mask: int) -> None:
+        try:
+            while self._alarm.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def nest(self, inner: "Poller") -> None:
         """Watch another Poller: when one of its files is ready, dispatch it from here. A server
@@ -81,6 +111,8 @@ class Poller:
 
     def close(self) -> None:
         self._selector.close()
+        self._alarm.close()
+        self._bell.close()
 
 
 def poller_of(tymth) -> Optional[Poller]:

@@ -331,3 +331,50 @@ def test_doer_can_remove_itself_and_others_during_its_turn():
     assert contexts(log, "victim") == ["enter", "recur", "recur", "recur", "cease", "exit"]
     assert contexts(log, "later") == ["enter", "recur", "recur", "cease", "exit"]
     assert stopper.done is False
+
+
+class Sleeper(Doer):
+    """Sleeps on a long tock; `urgent` is whatever the test sets."""
+
+    def __init__(self, **kwa):
+        super().__init__(**kwa)
+        self.tymes = []
+        self.wanted = False
+
+    @property
+    def urgent(self):
+        return self.wanted
+
+    def recur(self, tyme):
+        self.tymes.append(tyme)
+        self.wanted = False
+        return False
+
+
+def test_urgent_doer_runs_on_the_next_pass_then_sleeps_its_tock_from_there():
+    sleeper = Sleeper(tock=10.0)
+
+    class Poker(Doer):
+        def recur(self, tyme):
+            if tyme == 0.5:
+                sleeper.wanted = True
+            return False
+
+    Doist(tock=0.25, doers=[Poker(), sleeper]).do(limit=12.0)
+    # Poked in the pass at 0.5 by a doer ahead of it, it runs in that same pass, and its next
+    # turn is a whole tock from then, not from the turn it was woken out of.
+    assert sleeper.tymes == [0.0, 0.5, 10.5]
+
+
+def test_urgent_doer_inside_a_sleeping_dodoer_wakes_it():
+    sleeper = Sleeper(tock=10.0)
+    group = DoDoer(doers=[sleeper], tock=10.0)
+
+    class Poker(Doer):
+        def recur(self, tyme):
+            if tyme == 1.0:
+                sleeper.wanted = True
+            return False
+
+    Doist(tock=0.25, doers=[Poker(), group]).do(limit=5.0)
+    assert sleeper.tymes == [0.0, 1.0]

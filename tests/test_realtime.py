@@ -88,3 +88,65 @@ def test_real_time_tyme_follows_the_clock_and_timed_doers_keep_their_tock():
     assert 0.28 <= elapsed < 1.0
     gaps = [b - a for a, b in zip(tymes, tymes[1:])]
     assert all(0.08 <= gap < 0.3 for gap in gaps), gaps
+
+
+class Napper(Doer):
+    """Sleeps on a long tock unless `wanted`; records the clock at each turn."""
+
+    def __init__(self, **kwa):
+        super().__init__(**kwa)
+        self.turns = []
+        self.wanted = False
+
+    @property
+    def urgent(self):
+        return self.wanted
+
+    def recur(self, tyme):
+        self.turns.append(time.monotonic())
+        self.wanted = False
+        return False
+
+
+def test_poller_wake_from_another_thread_runs_an_urgent_sleeper_at_once():
+    napper = Napper(tock=60.0)
+    doist = Doist(tock=0.5, real=True, doers=[napper])
+    poked = []
+
+    def poke():
+        poked.append(time.monotonic())
+        napper.wanted = True
+        doist.poller.wake()
+
+    timer = threading.Timer(0.3, poke)
+    timer.start()
+    start = time.monotonic()
+    try:
+        doist.do(limit=1.5)
+    finally:
+        timer.cancel()
+    assert 1.4 <= time.monotonic() - start < 3.0  # the limit ends a 60 s sleep on time
+    assert len(napper.turns) == 2, napper.turns
+    latency = napper.turns[1] - poked[0]
+    assert latency < 0.1, f"woken {latency:.3f} s after the poke"
+
+
+def test_sleeping_doist_does_not_wake_and_callbacks_see_the_true_tyme():
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    napper = Napper(tock=60.0)
+    doist = Doist(tock=0.01, real=True, doers=[napper])
+    tymes = []
+    poller = doist.poller
+    poller.register(reader, READ, lambda mask: (reader.recv(64), tymes.append(doist.tyme)))
+    timer = threading.Timer(0.5, lambda: writer.send(b"x"))
+    timer.start()
+    try:
+        doist.do(limit=1.0)
+    finally:
+        timer.cancel()
+        poller.unregister(reader)
+        reader.close()
+        writer.close()
+    assert len(napper.turns) == 1  # nothing due: no pass at every tick of 0.01 s
+    assert len(tymes) == 1 and 0.45 <= tymes[0] < 0.9, tymes
