@@ -107,11 +107,17 @@ class GracefulStop:
 
 
 class EndWith(Doer):
-    """Ends the Doist's run (every other doer is ceased) once `doer` is done."""
+    """Ends the Doist's run (every other doer is ceased) once `doer` is done. It sleeps until
+    then: being `urgent` once the doer is done wakes it in the same pass."""
 
     def __init__(self, doist: Doist, doer, **kwa):
+        kwa.setdefault("tock", 3600.0)
         super().__init__(**kwa)
         self.doist, self.doer = doist, doer
+
+    @property
+    def urgent(self) -> bool:
+        return bool(self.doer.done)
 
     def recur(self, tyme: float) -> bool:
         if self.doer.done:

@@ -17,8 +17,11 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 #   body        head done, body arriving                              [body_timeout, per progress]
 #   responding  a responder is writing; deadline only while blocked   [write_timeout, per drain]
 #   waiting     the app said "not yet" (b""): no deadline, resumed on every pass of the Server
-# Deadlines are checked by a sweep at most every `sweep_interval`, never per tick, so idle
-# connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
+# Deadlines are checked by a sweep once the earliest of them is due (every new deadline is
+# reported to the server with `remind`), and at most every `sweep_interval`; never per tick, so
+# idle connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
+# Under this package's Doist the ServerDoer sleeps until the next sweep unless a steward waits
+# (its `urgent` wakes it for the next pass), so an idle server does not wake at all.
 # An upgrade request ends the HTTP/1 stream: it is answered and the connection closes, unless it
 # is a WebSocket handshake for one of the server's `websockets` endpoints; then `switch()` hands
 # the connection to a protocol object (websocket.WebSocketSession) that takes the Steward's place
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import time
 from typing import Callable, Iterator, Optional
@@ -35,7 +39,7 @@ from typing import Callable, Iterator, Optional
 from .accesslog import AccessLog
 from .doing import Doer
 from .net import Acceptor, Connection
-from .polling import Poller, join_loop, leave_loop
+from .polling import Poller, join_loop, leave_loop, poller_of
 from .proxying import (FORWARDING_KEYS, ProxyProtocolError, TrustedPeers, apply_forwarding,
                        parse_proxy_header)
 from .requesting import RequestError, Requestant
@@ -108,8 +112,9 @@ class Steward:
 
         `protocol` takes the Steward's place: it gets the Connection's events (`received`,
         `drained`, `ended`, `closed`), stands in the server's stewards (the sweep reads its
-        `deadline` and calls `expire(now)`; shutdown calls `wind_down()`; it must call
-        `server.forget(protocol)` once closed), and `protocol.start(leftover)` is called with
+        `deadline`, which it reports with `server.remind(deadline)`, and calls `expire(now)`;
+        shutdown calls `wind_down()`; it must call `server.forget(protocol)` once closed), and
+        `protocol.start(leftover)` is called with
         the bytes that followed the upgrade request's head.
         """
         server = self.server
@@ -369,7 +374,11 @@ class Steward:
 
     def _expect(self, state: str, timeout: Optional[float]) -> None:
         self.state = state
-        self.deadline = None if timeout is None else self.server.clock() + timeout
+        if timeout is None:
+            self.deadline = None
+        else:
+            self.deadline = self.server.clock() + timeout
+            self.server.remind(self.deadline)
 
     def expire(self, now: float) -> None:
         """The deadline passed: idle connections just close; a slow request gets 408."""
@@ -378,6 +387,7 @@ class Steward:
         if self.state in ("head", "body") and self.responder is None and not self.connection.pending:
             self._answer_error(408, "request timeout")
             self.deadline = now + min(1.0, self.settings.write_timeout)
+            self.server.remind(self.deadline)
             self.state = "closing"
         else:
             self.connection.close()
@@ -437,7 +447,9 @@ class BaseServer:
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
                        else None)
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
-        self._next_sweep = 0.0
+        self._next_sweep = math.inf  # the earliest deadline not yet swept
+        self._last_sweep = -math.inf
+        self._sweep_every = self.sweep_interval
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -460,9 +472,9 @@ class BaseServer:
         except BaseException:
             self._close_acceptors()
             raise
+        self._sweep_every = self.sweep_interval
         self.opened = True
         self.closing = False
-        self._next_sweep = self.clock() + self.sweep_interval
         return self
 
     def bind_addresses(self) -> list:
@@ -537,16 +549,31 @@ class BaseServer:
 
     def service(self) -> None:
         """One turn: dispatch ready sockets (if the Poller is ours), resume waiting
-        responders, and sweep deadlines when due. Call it every tick."""
+        responders, and sweep deadlines when due. Call it every tick, or at least whenever
+        `waiting` is not empty and once `sweep_due()` has come."""
         if self.owns_poller:
             self.poller.poll(0)
         if self.waiting:
             for steward in list(self.waiting):
                 steward.resume()
         now = self.clock()
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.sweep_interval
+        if now >= self._next_sweep and now >= self._last_sweep + self._sweep_every:
             self.sweep(now)
+
+    def remind(self, deadline: float) -> None:
+        """A steward's deadline is now `deadline`: sweep no later than that."""
+        if deadline < self._next_sweep:
+            self._next_sweep = deadline
+
+    def sweep_due(self) -> float:
+        """When, on `clock`, the next sweep is due (math.inf: no deadline is set)."""
+        return max(self._next_sweep, self._last_sweep + self._sweep_every)
+
+    def nudge(self, steward) -> None:
+        """Resume `steward` on the loop's next pass. Safe from any thread: it wakes the loop."""
+        self.waiting.add(steward)
+        if self.poller is not None:
+            self.poller.wake()
 
     @property
     def sweep_interval(self) -> float:
@@ -557,8 +584,20 @@ class BaseServer:
         return max(0.001, min(settings.sweep_interval, shortest / 4))
 
     def sweep(self, now: float) -> None:
-        """Expire every connection whose deadline has passed."""
-        for steward in [s for s in self.stewards if s.deadline is not None and s.deadline <= now]:
+        """Expire every connection whose deadline has passed; note the earliest of the rest."""
+        self._last_sweep = now
+        expired = []
+        earliest = math.inf
+        for steward in self.stewards:
+            deadline = steward.deadline
+            if deadline is None:
+                continue
+            if deadline <= now:
+                expired.append(steward)
+            elif deadline < earliest:
+                earliest = deadline
+        self._next_sweep = earliest  # expire() may set new deadlines: they remind() in turn
+        for steward in expired:
             try:
                 steward.expire(now)
             except Exception:
@@ -648,13 +687,17 @@ class Server(BaseServer):
 
 
 class ServerDoer(Doer):
-    """Runs a server in a Doist: opens it on enter, services it every turn, closes it on exit.
+    """Runs a server in a Doist: opens it on enter, services it, closes it on exit.
 
     Under this package's Doist the server shares the Doist's Poller, so its sockets are
-    serviced the moment they are ready; under a scheduler without one (hio's Doist) the server
-    polls its own Poller on each turn. `stop()` (safe to call from a signal handler) begins a
-    graceful shutdown; the doer is done once the server drained or `graceful_timeout` passed.
+    serviced the moment they are ready, and the doer sleeps until the next deadline sweep
+    unless a response waits on the app or a stop began (then it runs every `tock`, 0: every
+    pass). Under a scheduler without a Poller (hio's Doist) the server polls its own Poller on
+    each turn. `stop()` (safe from a signal handler or another thread) begins a graceful
+    shutdown; the doer is done once the server drained or `graceful_timeout` passed.
     """
+
+    MAX_NAP = 60.0  # the longest sleep, even with no deadline at all
 
     def __init__(self, server: BaseServer, **kwa):
         super().__init__(**kwa)
@@ -662,14 +705,28 @@ class ServerDoer(Doer):
         self.nested: Optional[Poller] = None
         self.stopping = False
         self.stop_deadline: Optional[float] = None
+        self.pace = 0.0  # the tock asked for, kept while there is work every turn
+        self.napping = False  # whether it may sleep between sweeps (a Poller wakes the Doist)
+        self.wake_by = math.inf  # the sweep it sleeps until, on the server's clock
+
+    @property
+    def urgent(self) -> bool:
+        """A response waits on the app, a stop began, or a new deadline comes before the
+        sweep this doer sleeps until."""
+        server = self.server
+        return self.stopping or bool(server.waiting) or server.sweep_due() < self.wake_by
 
     def stop(self) -> None:
         self.stopping = True
+        if self.server.poller is not None:
+            self.server.poller.wake()
 
     def enter(self) -> None:
         if not self.server.opened:
             self.server.clock = self.tymth  # deadlines follow the Doist's tyme
         self.nested = join_loop(self.server, self.tymth)
+        self.pace = self.tock
+        self.napping = poller_of(self.tymth) is not None
 
     def recur(self, tyme: float) -> bool:
         server = self.server
@@ -681,7 +738,17 @@ class ServerDoer(Doer):
                 server.shutdown()
             if server.drained or now >= self.stop_deadline:
                 return True
+        if self.napping:
+            self._plan_nap()
         return False
+
+    def _plan_nap(self) -> None:
+        server = self.server
+        if self.stopping or server.waiting:
+            self.tock, self.wake_by = self.pace, math.inf
+        else:
+            self.wake_by = server.sweep_due()
+            self.tock = max(self.pace, min(self.MAX_NAP, self.wake_by - server.clock()))
 
     def exit(self) -> None:
         leave_loop(self.nested, self.tymth)

@@ -38,7 +38,8 @@ class Settings:
     write_timeout: float = setting(60.0, "longest a client may leave the send buffer undrained")
     handshake_timeout: float = setting(10.0, "time allowed for a TLS handshake")
     graceful_timeout: float = setting(30.0, "on shutdown, time allowed for in-flight requests")
-    sweep_interval: float = setting(0.5, "how often deadlines are checked")
+    sweep_interval: float = setting(0.5, "deadlines are met within this (the least time between "
+                                    "two sweeps of them)")
     high_water: int = setting(64 * 1024, "pull no more response body while this much is unsent")
     max_request_line: int = setting(Limits.max_request_line, "longest request line (414)")
     max_header_bytes: int = setting(Limits.max_header_bytes, "largest header section (431)")

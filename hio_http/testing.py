@@ -18,11 +18,17 @@ __all__ = ["Loop", "serve_until", "serve_in_thread", "run_until"]
 
 
 class _Stopper(Doer):
-    """Ends its Doist's run (by removing everyone) once `event` is set."""
+    """Ends its Doist's run (by removing everyone) once `event` is set. It sleeps until then:
+    whoever sets the event wakes the Doist's Poller, and `urgent` gives it the next turn."""
 
     def __init__(self, doist: Doist, event: threading.Event, **kwa):
+        kwa.setdefault("tock", 3600.0)
         super().__init__(**kwa)
         self.doist, self.event = doist, event
+
+    @property
+    def urgent(self) -> bool:
+        return self.event.is_set()
 
     def recur(self, tyme: float) -> bool:
         if self.event.is_set():
@@ -63,6 +69,7 @@ def serve_in_thread(app=None, cls: type = Server, tock: float = 0.01,
         yield server
     finally:
         stop.set()
+        doist.poller.wake()
         thread.join(timeout=10)
         server.close()
     if thread.is_alive():

@@ -23,7 +23,7 @@ Nothing here blocks: `send()` queues and returns, from the loop or from any othe
 # (closing 1008) once `ws_max_queue` bytes wait. With permessage-deflate, input is handed to
 # wsproto in small slices so a compressed "bomb" never inflates far past the message limit.
 # Threads: a `send()` or `close()` from another thread goes through a locked outbox that the
-# server flushes on its next pass (through `server.waiting`, within one tock); wsproto's state is
+# server flushes on its next pass (`server.nudge` wakes the loop for it); wsproto's state is
 # only ever touched on the loop's thread.
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ class WebSocketSession:
         connection = self.connection
         if self.state == OPEN and not self.pinged:
             self.pinged = True
-            self.deadline = now + self.settings.ws_ping_timeout
+            self._due_in(self.settings.ws_ping_timeout, now)
             self._write(self.protocol.send(Ping(b"hio")))
             return
         if self.state == OPEN:  # the ping went unanswered: fail the connection
@@ -397,7 +397,7 @@ class WebSocketSession:
             else:
                 self.outbox.append(("send", message))
                 self.outbox_bytes += len(message)
-        self.server.waiting.add(self)
+        self.server.nudge(self)
         return not full
 
     def _overflow(self) -> None:
@@ -411,7 +411,7 @@ class WebSocketSession:
         if threading.get_ident() != self.loop_thread:
             with self.lock:
                 self.outbox.append(("close", code, reason))
-            self.server.waiting.add(self)
+            self.server.nudge(self)
             return
         self._close_now(code, reason)
 
@@ -422,7 +422,7 @@ class WebSocketSession:
         self.state = CLOSING
         self.incoming.clear()
         self._write(self.protocol.send(CloseConnection(code, reason)))
-        self.deadline = self.server.clock() + self.settings.ws_ping_timeout
+        self._due_in(self.settings.ws_ping_timeout)
 
     def _write(self, data: bytes) -> None:
         self.connection.send(data)
@@ -475,7 +475,7 @@ class WebSocketSession:
         """The WebSocket is closed: tell the handler; the socket closes once our bytes are out
         (the server closes TCP first, RFC 6455 §7.1.1), or at the deadline."""
         self.state = CLOSED
-        self.deadline = self.server.clock() + self.settings.ws_ping_timeout
+        self._due_in(self.settings.ws_ping_timeout)
         self._notify(code, reason)
         self.connection.close_when_drained()
 
@@ -485,7 +485,12 @@ class WebSocketSession:
         """Something came from the client: it is alive; the next ping is due an interval on."""
         if self.state == OPEN:
             self.pinged = False
-            self.deadline = self.server.clock() + self.settings.ws_ping_interval
+            self._due_in(self.settings.ws_ping_interval)
+
+    def _due_in(self, seconds: float, now: Optional[float] = None) -> None:
+        """Set the deadline `seconds` from now, and tell the server's sweep."""
+        self.deadline = (self.server.clock() if now is None else now) + seconds
+        self.server.remind(self.deadline)
 
     def _regulate(self) -> None:
         """Backpressure: read nothing more from a client that does not read what it is sent."""
