@@ -54,7 +54,7 @@ def test_wrk_output_is_parsed():
 def test_harness_measures_hio_http(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--only", "hio_http", "--cases", "hello_c10",
+        [sys.executable, str(BENCH / "run.py"), "--only", "hio_http", "--cases", "hello_c10,download",
          "--duration", "1", "--warmup", "0", "--reps", "1", "--no-plot",
          "--hio-http-python", sys.executable, "--out", str(out),
          "--venvs", str(tmp_path / "venvs")],
@@ -68,3 +68,6 @@ def test_harness_measures_hio_http(tmp_path):
     data = json.loads((out / "results.json").read_text())
     (measured,) = [r for r in data["results"] if r["case"] == "hello_c10"]
     assert measured["status"] == "ok" and measured["rps"] > 0 and measured["errors"] == 0
+    (download,) = [r for r in data["results"] if r["case"] == "download"]
+    assert download["status"] == "ok" and download["errors"] == 0, download
+    assert download["requests"] > 0 and download["mib_s"] > 100  # 10 MiB each, in a second
