@@ -420,6 +420,11 @@ def check_headers(headers) -> None:
                             f"{type(value).__name__}")
         if "\r" in value or "\n" in value or "\0" in value:  # header injection / splitting
             raise ValueError(f"response header {name} value contains CR, LF or NUL")
+        if not value.isascii():
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"response header {name} value is not latin-1 text") from None
         if name.lower() in HOP_BY_HOP:
             raise ValueError(f"hop-by-hop header {name!r} is not allowed from an application "
                              "(PEP 3333); the server manages the connection")

@@ -177,6 +177,33 @@ def test_hop_by_hop_header_from_app_is_refused(serve, caplog):
     assert "hop-by-hop header 'Connection'" in caplog.text
 
 
+@pytest.mark.parametrize("bad, complaint", [
+    (("X-Note", "caf\u00e9 \u2615"), "not latin-1 text"),
+    (("X-Note", "a\r\nSet-Cookie: stolen=1"), "contains CR, LF or NUL"),
+    (("Bad Name", "x"), "invalid response header name"),
+])
+def test_bad_header_from_app_is_refused_every_time_not_only_the_first(serve, caplog, bad,
+                                                                       complaint):
+    """A bad header pair gets a 500 and a clear log line on every request, and the good
+    requests between them are not disturbed."""
+    def app(environ, start_response):
+        headers = [("Content-Type", "text/plain"), ("Content-Length", "2")]
+        if environ["PATH_INFO"] == "/bad":
+            headers.append(bad)
+        start_response("200 OK", headers)
+        return [b"ok"]
+
+    server = serve(app, validate=False)
+    with caplog.at_level(logging.ERROR, logger="hio_http"):
+        for _ in range(3):
+            assert requests.get(server.url + "/bad", timeout=5).status_code == 500
+            good = requests.get(server.url + "/good", timeout=5)
+            assert good.status_code == 200 and good.text == "ok"
+            assert good.headers["Content-Type"] == "text/plain"
+    refusals = [r for r in caplog.records if r.exc_info and complaint in str(r.exc_info[1])]
+    assert len(refusals) == 3
+
+
 def test_app_exception_before_start_is_500_without_traceback(serve, caplog):
     def app(environ, start_response):
         raise RuntimeError("secret detail")
