@@ -19,6 +19,7 @@ from .config import ConfigError, gather, parse_bind, settings_from
 from .doing import Doer, Doist
 from .net import listen
 from .serving import Server, ServerDoer
+from .tuning import keep_freed_memory
 from .workers import Supervisor
 
 logger = logging.getLogger("hio_http")
@@ -53,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if websockets:
         settings["websockets"] = websockets
+    keep_freed_memory()  # before forking workers, so that each inherits it
 
     def work() -> int:
         return serve(app, sockets, settings, options)
