@@ -31,6 +31,7 @@ class Poller:
         self._alarm.setblocking(False)
         self._bell.setblocking(False)
         self._selector.register(self._alarm, READ, self._quiet)
+        self._rung = False  # a byte is on its way: a further wake() need not write another
 
     def register(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
         """Watch `fileobj` for `events`; call `callback(mask)` when ready.
@@ -85,7 +86,11 @@ class Poller:
 
     def wake(self) -> None:
         """End the current (or next) wait at once. Safe from any thread and from a signal
-        handler: it only writes a byte, and a byte already waiting is enough."""
+        handler: it only writes a byte, and a byte already waiting is enough. Make the change
+        the loop is to notice first (a doer's `urgent`), then wake."""
+        if self._rung:
+            return
+        self._rung = True
         try:
             self._bell.send(b"\0")
         except OSError:  # full (a wake is pending anyway) or closed
@@ -97,6 +102,10 @@ class Poller:
                 pass
         except OSError:
             pass
+        # Only now: cleared before draining, a wake() in between could have its byte drained
+        # and leave `_rung` set with nothing pending, so that no later wake() wrote again. A
+        # wake() skipped in between is not lost: the pass that follows this dispatch sees it.
+        self._rung = False
 
     def nest(self, inner: "Poller") -> None:
         """Watch another Poller: when one of its files is ready, dispatch it from here. A server

@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from email.utils import formatdate
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 from urllib.parse import unquote_to_bytes
 
 logger = logging.getLogger("hio_http.server")
@@ -185,6 +185,16 @@ class BaseResponder:
 
     def close(self) -> None:
         self.closed = True
+
+    def park(self, wake: Callable[[], None]) -> tuple[bool, Optional[float]]:
+        """The body said "not yet": may it wake the server itself instead of being asked again
+        on every pass? A body iterator with `park(wake)` (an SSE Subscription has one) calls
+        `wake()` once it has more, from any thread, and returns the seconds after which it
+        wants to be asked anyway (None: only when woken). Returns (parked, those seconds)."""
+        park = getattr(getattr(self, "iterator", None), "park", None)
+        if park is None:
+            return False, None
+        return True, park(wake)
 
 
 class Responder(BaseResponder):

@@ -16,7 +16,9 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 #   head        some bytes of a request, head incomplete (slowloris)  [header_timeout]
 #   body        head done, body arriving                              [body_timeout, per progress]
 #   responding  a responder is writing; deadline only while blocked   [write_timeout, per drain]
-#   waiting     the app said "not yet" (b""): no deadline, resumed on every pass of the Server
+#   waiting     the app said "not yet" (b""): resumed on every pass of the Server; or, for a
+#               body that can wake the server itself (responder.park), only when it does so
+#               or its own deadline comes (an SSE heartbeat)
 # Deadlines are checked by a sweep once the earliest of them is due (every new deadline is
 # reported to the server with `remind`), and at most every `sweep_interval`; never per tick, so
 # idle connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
@@ -229,8 +231,7 @@ class Steward:
                         return
                     continue
                 if state is WAITING:
-                    self.server.waiting.add(self)
-                    self._expect("waiting", None)
+                    self._park()
                 else:
                     self._expect("responding", self.settings.write_timeout)
                 break
@@ -239,6 +240,20 @@ class Steward:
             connection.close()
             return
         self._regulate_reading()
+
+    def _park(self) -> None:
+        """The body said "not yet": let it wake us if it can, else ask it on every pass."""
+        self._expect("waiting", None)  # first: a wake may come before park() even returns
+        parked, seconds = self.responder.park(self._wake)
+        if not parked:
+            self.server.waiting.add(self)
+        elif seconds is not None:
+            self._expect("waiting", seconds)
+
+    def _wake(self) -> None:
+        """A parked body has more (called from any thread): resume on the next pass."""
+        if self.state == "waiting" and not self.connection.closed:
+            self.server.nudge(self)
 
     def wind_down(self) -> None:
         """The server is shutting down: close now if idle, else after the current response."""
@@ -381,7 +396,11 @@ class Steward:
             self.server.remind(self.deadline)
 
     def expire(self, now: float) -> None:
-        """The deadline passed: idle connections just close; a slow request gets 408."""
+        """The deadline passed: idle connections just close; a slow request gets 408; a parked
+        body is asked again (it wanted to be, e.g. for a heartbeat)."""
+        if self.state == "waiting":
+            self.resume()
+            return
         logger.info("closing %s connection from %s: %s timeout", self.state,
                     self.connection.peer, self.state)
         if self.state in ("head", "body") and self.responder is None and not self.connection.pending:

@@ -22,7 +22,9 @@ handler), or ``events.wsgi_app`` as a plain WSGI application.
 # (joined, so one pull is one send), else a heartbeat comment once `heartbeat` seconds passed
 # without output, else b"" ("not yet"; the server pulls again on a later pass, within a tock).
 # Its first item is always a preamble (a retry field or a comment) so the response head goes
-# out at once and the client knows the stream is open.
+# out at once and the client knows the stream is open. Parked by the server (`park(wake)`), an
+# idle Subscription costs nothing per pass: publish() or its end calls `wake`, and the server's
+# deadline for it is the next heartbeat.
 # A subscriber whose queue would pass `max_queue` (its client stopped reading, so the server
 # stopped pulling) is dropped: it gets no more events and its stream ends after what is queued,
 # so a reconnecting client resumes from its last id out of the history.
@@ -151,6 +153,7 @@ class Broadcaster:
                     self._drop(subscription)  # its client stopped reading
                 else:
                     subscription.queue.append(encoded)
+                    subscription.ring()
         return id
 
     def subscribe(self, last_event_id: Optional[str] = None) -> "Subscription":
@@ -216,6 +219,7 @@ class Broadcaster:
         """Stop feeding `subscription` (lock held): its stream ends once its queue is sent."""
         subscription.ended = True
         self._subscriptions.discard(subscription)
+        subscription.ring()
 
     def _forget(self, subscription: "Subscription") -> None:
         with self._lock:
@@ -238,6 +242,7 @@ class Subscription:
         self.ended = False  # no more events will be queued: dropped, or the Broadcaster closed
         self.closed = False
         self.last_output = broadcaster.clock()
+        self.wake: Optional[Callable[[], None]] = None  # set while the server has it parked
 
     def __iter__(self) -> "Subscription":
         return self
@@ -260,6 +265,25 @@ class Subscription:
                 self.last_output = now
                 return HEARTBEAT
         return b""
+
+    def park(self, wake: Callable[[], None]) -> Optional[float]:
+        """The server will not pull again until `wake()` is called (on the next event or the
+        end) or the returned seconds pass (the next heartbeat; None: no heartbeats)."""
+        with self.broadcaster._lock:
+            ready = bool(self.queue) or self.ended or self.closed
+            self.wake = None if ready else wake
+        if ready:  # something came between the server's pull and now
+            wake()
+        heartbeat = self.broadcaster.heartbeat
+        if heartbeat is None:
+            return None
+        return max(0.0, self.last_output + heartbeat - self.broadcaster.clock())
+
+    def ring(self) -> None:
+        """Wake the server that parked this stream (the Broadcaster's lock is held)."""
+        wake, self.wake = self.wake, None
+        if wake is not None:
+            wake()
 
     def _take(self) -> bytes:
         queue = self.queue

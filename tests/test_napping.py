@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 
+import falcon
 import pytest
 
-from hio_http import Doist, Server, ServerDoer
+from hio_http import BareServer, Doist, Server, ServerDoer
+from hio_http.sse import Broadcaster
 
 
 class CountingServerDoer(ServerDoer):
@@ -41,12 +43,14 @@ def router(environ, start_response):
 
 @pytest.fixture
 def running():
-    """running(**settings) -> (server, doer): a Server under a real-time Doist (tock 0.01) in a
-    background thread, stopped through `doer.stop()` at the end."""
+    """running(**settings) -> (server, doer): a Server (or the `server=` given) under a
+    real-time Doist (tock 0.01) in a background thread, stopped through `doer.stop()` at the
+    end."""
     started = []
 
-    def start(**settings):
-        server = Server(router, host="127.0.0.1", port=0, **settings)
+    def start(server=None, **settings):
+        if server is None:
+            server = Server(router, host="127.0.0.1", port=0, **settings)
         doer = CountingServerDoer(server)
         doist = Doist(tock=0.01, real=True, doers=[doer])
         thread = threading.Thread(target=doist.do, kwargs={"limit": 60.0}, daemon=True)
@@ -129,3 +133,78 @@ def test_stop_wakes_a_sleeping_server(running):
         time.sleep(0.005)
     assert doer.done
     assert time.monotonic() - stopped < 0.2
+
+
+def event_server(kind, events):
+    if kind == "bare":
+        return BareServer(handler=events.responder, host="127.0.0.1", port=0)
+    app = falcon.App()
+
+    class Events:
+        def on_get(self, req, resp):
+            events.stream(req, resp)
+
+    app.add_route("/events", Events())
+    return Server(app, host="127.0.0.1", port=0)
+
+
+def subscribe(server, count):
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(server.address[:2], timeout=5)
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        socks.append(sock)
+    for sock in socks:  # the head and the opening comment
+        received = b""
+        while b": open\n\n" not in received:
+            received += sock.recv(4096)
+    return socks
+
+
+def read_until(sock, marker, timeout=3.0):
+    sock.settimeout(timeout)
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("kind", ["bare", "falcon"])
+def test_idle_event_streams_cost_no_turns_and_wake_on_publish(running, kind):
+    events = Broadcaster(heartbeat=None)
+    server, doer = running(server=event_server(kind, events))
+    socks = subscribe(server, 200)
+    try:
+        time.sleep(0.2)
+        before = doer.turns
+        time.sleep(1.0)
+        idle_turns = doer.turns - before
+        # Polled, 200 parked streams would keep the doer at every tick (~100 turns).
+        assert idle_turns <= 3, f"{idle_turns} turns in 1 s with 200 idle event streams"
+        published = time.monotonic()
+        threading.Thread(target=events.publish, args=("tick",)).start()
+        for sock in socks:
+            assert b"data: tick\n\n" in read_until(sock, b"data: tick\n\n")
+        assert time.monotonic() - published < 1.0
+        events.publish("tock")  # from this thread too, while the doer sleeps again
+        assert b"data: tock\n\n" in read_until(socks[-1], b"data: tock\n\n")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_parked_stream_still_gets_its_heartbeat(running):
+    events = Broadcaster(heartbeat=0.3)
+    server, doer = running(server=event_server("bare", events))
+    (sock,) = subscribe(server, 1)
+    try:
+        opened = time.monotonic()
+        assert b": heartbeat" in read_until(sock, b": heartbeat")
+        # due 0.3 s after the opening; deadlines are met within sweep_interval (0.5 s)
+        assert 0.25 <= time.monotonic() - opened < 1.2
+        assert b": heartbeat" in read_until(sock, b": heartbeat")  # and again
+    finally:
+        sock.close()
