@@ -287,6 +287,7 @@ class Download:
         self.sock = None
         self.head = b""
         self.left = None
+        self.closing = False  # the response said Connection: close
 
     def connect(self, selector) -> None:
         self.sock = socket.create_connection(self.address, timeout=5.0)
@@ -296,15 +297,16 @@ class Download:
 
     def ask(self) -> None:
         self.sock.sendall(DOWNLOAD_REQUEST)  # small: the send buffer always takes it
-        self.head, self.left = b"", None
+        self.head, self.left, self.closing = b"", None, False
 
     def close(self, selector) -> None:
         selector.unregister(self.sock)
         self.sock.close()
 
-    def read(self, scratch) -> tuple[int, int]:
+    def read(self, scratch, selector) -> tuple[int, int]:
         """Read what is ready: (bytes that arrived, 1 if a response completed else 0).
-        Raises ValueError for a response that is not a 200 with a Content-Length."""
+        Raises ValueError for a response that is not a 200 with a Content-Length. A server
+        that closes after each response (Connection: close) is reconnected to."""
         if self.left is None:
             data = self.sock.recv(65536)
             if not data:
@@ -313,20 +315,26 @@ class Download:
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 return len(data), 0
-            self.left = content_length(self.head[:end]) - (len(self.head) - end - 4)
-            return len(data), self._done()
+            head = self.head[:end]
+            self.closing = b"\r\nconnection: close" in head.lower()
+            self.left = content_length(head) - (len(self.head) - end - 4)
+            return len(data), self._done(selector)
         got = self.sock.recv_into(scratch, min(self.left, len(scratch)), socket.MSG_TRUNC)
         if not got:
             raise ConnectionError("closed by the server")
         self.left -= got
-        return got, self._done()
+        return got, self._done(selector)
 
-    def _done(self) -> int:
+    def _done(self, selector) -> int:
         if self.left > 0:
             return 0
         if self.left < 0:
             raise ValueError("more bytes than the Content-Length")
-        self.ask()
+        if self.closing:
+            self.close(selector)
+            self.connect(selector)
+        else:
+            self.ask()
         return 1
 
 
@@ -363,7 +371,7 @@ def download(args) -> None:
         for key, _ in selector.select(timeout=0.5):
             client = key.data
             try:
-                got, done = client.read(scratch)
+                got, done = client.read(scratch, selector)
             except BlockingIOError:
                 continue
             except (OSError, ValueError) as ex:
