@@ -4,6 +4,7 @@ echo and chat endpoints on the same port."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -26,6 +27,7 @@ PAGE = """<!doctype html>
 <li><a href="/hello">/hello</a> — plain text</li>
 <li><a href="/json">/json</a> — JSON</li>
 <li><a href="/echo/anything">/echo/{word}</a> — a path parameter</li>
+<li><a href="/later?seconds=2">/later?seconds=N</a> — an answer that waits without holding the loop</li>
 <li><a href="/static/events.html">/static/events.html</a> — live Server-Sent Events</li>
 <li><a href="/static/websocket.html">/static/websocket.html</a> — WebSocket echo and chat</li>
 </ul>
@@ -60,6 +62,22 @@ class Echo:
     def on_post(self, req, resp, word):
         data = req.bounded_stream.read()
         resp.media = {"word": word, "received": len(data)}
+
+
+class Later:
+    """Answers after `?seconds=` (at most 30): until then its body says "not yet" (b""), so the
+    loop serves everyone else meanwhile, and the response head waits too."""
+
+    def on_get(self, req, resp):
+        seconds = min(max(req.get_param_as_float("seconds", default=1.0), 0.0), 30.0)
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.stream = _after(time.monotonic() + seconds, f"answered after {seconds:g} s\n")
+
+
+def _after(when: float, text: str):
+    while time.monotonic() < when:
+        yield b""
+    yield text.encode("utf-8")
 
 
 class Events:
@@ -117,6 +135,7 @@ def create_app() -> falcon.App:
     demo.add_route("/hello", Hello())
     demo.add_route("/json", Json())
     demo.add_route("/echo/{word}", Echo())
+    demo.add_route("/later", Later())
     demo.add_route("/events", Events())
     demo.add_sink(StaticSink(STATIC, prefix="/static"), "/static")
     return demo

@@ -1,5 +1,6 @@
 """The command line and the example scripts, run as users run them."""
 
+import concurrent.futures
 import re
 import signal
 import subprocess
@@ -49,6 +50,13 @@ def test_demo_app_served_by_the_command_line(command):
         assert requests.get(url + "/echo/hi?x=1", timeout=5).json() == {
             "word": "hi", "query": {"x": "1"}}
         assert "hio_http is serving" in requests.get(url + "/", timeout=5).text
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # /later waits, others go on
+            started = time.monotonic()
+            later = pool.submit(requests.get, url + "/later?seconds=0.5", timeout=5)
+            assert requests.get(url + "/hello", timeout=5).status_code == 200
+            assert time.monotonic() - started < 0.4 and not later.done()
+            assert later.result().text == "answered after 0.5 s\n"
+            assert time.monotonic() - started >= 0.5
         page = requests.get(url + "/static/events.html", timeout=5)
         assert page.headers["Content-Type"] == "text/html; charset=utf-8"
         assert 'new EventSource("/events")' in requests.get(

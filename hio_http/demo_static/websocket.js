@@ -6,10 +6,10 @@ const replies = document.getElementById("replies");
 const status = document.getElementById("status");
 const count = Number(new URLSearchParams(location.search).get("count")) || 3;
 // Headless browsers that run pages on virtual time (as the tests do) count an open WebSocket
-// as idle network and may stop the page mid-exchange; a request held open on the demo's event
-// stream keeps the page busy until the echo exchange has closed.
+// as idle network and may stop the page mid-exchange; a request whose answer has not begun
+// (the demo's /later) keeps the page busy until the echo exchange has closed.
 const busy = new AbortController();
-fetch("/events", { signal: busy.signal }).catch(() => {});
+fetch("/later?seconds=15", { signal: busy.signal }).catch(() => {});
 const echo = new WebSocket(wsBase + "/ws/echo");
 echo.binaryType = "arraybuffer";
 let sent = 0;
