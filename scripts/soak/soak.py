@@ -274,6 +274,10 @@ def main(argv=None) -> int:
     address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
     tally = Tally()
     stop = threading.Event()
+    # The baseline once the server has answered: "serving" is logged before its loop (and the
+    # loop's own descriptors) exists.
+    requests.get(base + "/small", headers={"Connection": "close"}, timeout=10).raise_for_status()
+    time.sleep(0.2)  # the server closes that connection after its answer
     fds_first = fds_of(process.pid)
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
