@@ -13,6 +13,7 @@ from typing import Callable
 
 logger = logging.getLogger("hio_http.server")
 
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)  # by the supervisor
 RESTART_PAUSE = 1.0  # a worker dying this soon after its start waits this long to be replaced
 
 
@@ -54,10 +55,19 @@ class Supervisor:
         return 0
 
     def _spawn(self) -> None:
-        pid = os.fork()
+        # Signals wait while the supervisor forks: the parent must know the new worker before
+        # a stop signals all of them, and the worker must drop the supervisor's handlers first
+        # (run in the worker, they would leave it serving on, deaf to the stop meant for it).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            raise
         if pid == 0:  # the worker
-            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+            for number in HANDLED:
                 signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             code = 1
             try:
                 code = self.work()
@@ -67,6 +77,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         self.children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
         logger.info("started worker %d", pid)
 
     def _signal_children(self, number: int) -> None:

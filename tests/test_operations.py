@@ -240,3 +240,42 @@ def test_bad_websocket_option_is_one_clear_line(app_dir):
                             timeout=20)
     assert result.returncode == 2
     assert "expected PATH=module:Handler" in result.stderr
+
+
+EARLY_STOP = """
+import logging, os, signal, sys, time
+from hio_http.workers import Supervisor
+
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+real_fork, forks = os.fork, []
+
+
+def fork():  # the first worker is sent SIGTERM the moment it exists
+    pid = real_fork()
+    if pid == 0 and not forks:
+        os.kill(os.getpid(), signal.SIGTERM)
+    forks.append(pid)
+    return pid
+
+
+def work():
+    print("working", os.getpid(), flush=True)
+    os.kill(os.getppid(), signal.SIGTERM)  # then stop the supervisor
+    time.sleep(5)
+    return 0
+
+
+os.fork = fork
+sys.exit(Supervisor(1, work, graceful_timeout=1).run())
+"""
+
+
+def test_a_worker_stopped_as_it_starts_dies_instead_of_serving_on():
+    """A stop that reaches a new worker before it dropped the supervisor's signal handlers
+    must end it; run by the supervisor's handler instead, it left the worker serving on."""
+    result = subprocess.run([sys.executable, "-c", EARLY_STOP], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    working = [line for line in result.stdout.splitlines() if line.startswith("working")]
+    assert len(working) == 1, result.stdout  # only the second worker ever ran
+    assert "exited (killed by signal 15); starting another" in result.stdout, result.stdout
