@@ -468,7 +468,12 @@ class BaseServer:
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
         self._next_sweep = math.inf  # the earliest deadline not yet swept
         self._last_sweep = -math.inf
-        self._sweep_every = self.sweep_interval
+        # the least time between sweeps: the setting, or a quarter of the shortest timeout
+        settings = self.settings
+        shortest = min(settings.idle_timeout, settings.header_timeout, settings.body_timeout,
+                       settings.write_timeout, settings.handshake_timeout,
+                       settings.ws_ping_interval, settings.ws_ping_timeout)
+        self.sweep_interval = max(0.001, min(settings.sweep_interval, shortest / 4))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -491,7 +496,6 @@ class BaseServer:
         except BaseException:
             self._close_acceptors()
             raise
-        self._sweep_every = self.sweep_interval
         self.opened = True
         self.closing = False
         return self
@@ -576,7 +580,7 @@ class BaseServer:
             for steward in list(self.waiting):
                 steward.resume()
         now = self.clock()
-        if now >= self._next_sweep and now >= self._last_sweep + self._sweep_every:
+        if now >= self._next_sweep and now >= self._last_sweep + self.sweep_interval:
             self.sweep(now)
 
     def remind(self, deadline: float) -> None:
@@ -586,21 +590,13 @@ class BaseServer:
 
     def sweep_due(self) -> float:
         """When, on `clock`, the next sweep is due (math.inf: no deadline is set)."""
-        return max(self._next_sweep, self._last_sweep + self._sweep_every)
+        return max(self._next_sweep, self._last_sweep + self.sweep_interval)
 
     def nudge(self, steward) -> None:
         """Resume `steward` on the loop's next pass. Safe from any thread: it wakes the loop."""
         self.waiting.add(steward)
         if self.poller is not None:
             self.poller.wake()
-
-    @property
-    def sweep_interval(self) -> float:
-        settings = self.settings
-        shortest = min(settings.idle_timeout, settings.header_timeout, settings.body_timeout,
-                       settings.write_timeout, settings.handshake_timeout,
-                       settings.ws_ping_interval, settings.ws_ping_timeout)
-        return max(0.001, min(settings.sweep_interval, shortest / 4))
 
     def sweep(self, now: float) -> None:
         """Expire every connection whose deadline has passed; note the earliest of the rest."""
