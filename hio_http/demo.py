@@ -27,7 +27,7 @@ PAGE = """<!doctype html>
 <li><a href="/hello">/hello</a> — plain text</li>
 <li><a href="/json">/json</a> — JSON</li>
 <li><a href="/echo/anything">/echo/{word}</a> — a path parameter</li>
-<li><a href="/later?seconds=2">/later?seconds=N</a> — an answer that waits without holding the loop</li>
+<li><a href="/later?seconds=2">/later?seconds=N</a> — an answer that takes N seconds</li>
 <li><a href="/static/events.html">/static/events.html</a> — live Server-Sent Events</li>
 <li><a href="/static/websocket.html">/static/websocket.html</a> — WebSocket echo and chat</li>
 </ul>
