@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from .config import ConfigError, gather, parse_bind, settings_from
-from .doing import Doer, Doist
+from .doing import Doist, EndWhen
 from .net import listen
 from .serving import Server, ServerDoer
 from .tuning import keep_freed_memory
@@ -83,7 +83,7 @@ def serve(app, sockets, settings: dict, options: dict) -> int:
     if options["app"] is None:  # the demo's clock feeds its event stream
         from . import demo
         doers += demo.doers()
-    doers.append(EndWith(doist, server_doer))
+    doers.append(EndWhen(doist, lambda: server_doer.done))
     stopper = GracefulStop(server_doer)
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
@@ -106,26 +106,6 @@ class GracefulStop:
         self.signalled = True
         logger.info("stopping: finishing requests in flight (signal %d)", signum)
         self.server_doer.stop()
-
-
-class EndWith(Doer):
-    """Ends the Doist's run (every other doer is ceased) once `doer` is done. It sleeps until
-    then: being `urgent` once the doer is done wakes it in the same pass."""
-
-    def __init__(self, doist: Doist, doer, **kwa):
-        kwa.setdefault("tock", 3600.0)
-        super().__init__(**kwa)
-        self.doist, self.doer = doist, doer
-
-    @property
-    def urgent(self) -> bool:
-        return bool(self.doer.done)
-
-    def recur(self, tyme: float) -> bool:
-        if self.doer.done:
-            self.doist.remove([d for d in self.doist.doers if d is not self])
-            return True
-        return False
 
 
 def load_app(options: dict):

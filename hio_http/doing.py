@@ -300,6 +300,28 @@ class DoDoer(Doer):
             self.doers.remove(doer)
 
 
+class EndWhen(Doer):
+    """Ends its Doist's run once `condition()` holds: every other doer is ceased, then this one
+    finishes. It sleeps until then; its `urgent` (the condition) gives it the next pass, so
+    whoever makes the condition hold from another thread or a signal handler need only wake
+    the Doist's Poller."""
+
+    def __init__(self, doist: "Doist", condition: Callable[[], object], **kwa):
+        kwa.setdefault("tock", 3600.0)
+        super().__init__(**kwa)
+        self.doist, self.condition = doist, condition
+
+    @property
+    def urgent(self) -> bool:
+        return bool(self.condition())
+
+    def recur(self, tyme: float) -> bool:
+        if not self.condition():
+            return False
+        self.doist.remove([doer for doer in self.doist.doers if doer is not self])
+        return True
+
+
 class Doist(Tymist):
     """The root scheduler: runs its doers, in order, every pass until they finish or time runs out.
 

@@ -11,29 +11,10 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .clienting import Client, ClientDoer, Response
-from .doing import Doer, Doist
+from .doing import Doist, EndWhen
 from .serving import BaseServer, Server, ServerDoer
 
 __all__ = ["Loop", "serve_until", "serve_in_thread", "run_until"]
-
-
-class _Stopper(Doer):
-    """Ends its Doist's run (by removing everyone) once `event` is set. It sleeps until then:
-    whoever sets the event wakes the Doist's Poller, and `urgent` gives it the next turn."""
-
-    def __init__(self, doist: Doist, event: threading.Event, **kwa):
-        kwa.setdefault("tock", 3600.0)
-        super().__init__(**kwa)
-        self.doist, self.event = doist, event
-
-    @property
-    def urgent(self) -> bool:
-        return self.event.is_set()
-
-    def recur(self, tyme: float) -> bool:
-        if self.event.is_set():
-            self.doist.remove(list(self.doist.doers))
-        return False
 
 
 @contextlib.contextmanager
@@ -54,7 +35,7 @@ def serve_in_thread(app=None, cls: type = Server, tock: float = 0.01,
     server.open()  # here, so a bind error raises in the test and the URL is known at once
     stop = threading.Event()
     doist = Doist(tock=tock, real=True)
-    doist.doers = [ServerDoer(server), _Stopper(doist, stop)]
+    doist.doers = [ServerDoer(server), EndWhen(doist, stop.is_set)]
     failure: list = []
 
     def run() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hio_http.doing import DoDoer, Doer, Doist, doify, doize
+from hio_http.doing import DoDoer, Doer, Doist, EndWhen, doify, doize
 
 
 class Recorder(Doer):
@@ -378,3 +378,14 @@ def test_urgent_doer_inside_a_sleeping_dodoer_wakes_it():
 
     Doist(tock=0.25, doers=[Poker(), group]).do(limit=5.0)
     assert sleeper.tymes == [0.0, 1.0]
+
+
+def test_end_when_sleeps_then_ends_the_run_in_the_pass_its_condition_holds():
+    log = []
+    worker = Recorder("worker", log, tock=0.25)
+    doist = Doist(tock=0.25)
+    ender = EndWhen(doist, lambda: doist.tyme >= 1.0)
+    doist.do(doers=[worker, ender], limit=10.0)
+    assert doist.tyme < 1.5  # not the limit, nor its own tock of an hour
+    assert contexts(log, "worker")[-2:] == ["cease", "exit"]
+    assert ender.done is True and worker.done is False
