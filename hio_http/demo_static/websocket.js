@@ -7,9 +7,9 @@ const status = document.getElementById("status");
 const count = Number(new URLSearchParams(location.search).get("count")) || 3;
 // Headless browsers that run pages on virtual time (as the tests do) count an open WebSocket
 // as idle network and may stop the page mid-exchange; a request whose answer has not begun
-// (the demo's /later) keeps the page busy until the echo exchange has closed.
+// (the demo's /later) keeps the page busy until the echo exchange has closed. It starts once
+// the socket is open: a pending request pauses virtual time, which can stall the handshake.
 const busy = new AbortController();
-fetch("/later?seconds=15", { signal: busy.signal }).catch(() => {});
 const echo = new WebSocket(wsBase + "/ws/echo");
 echo.binaryType = "arraybuffer";
 let sent = 0;
@@ -23,6 +23,7 @@ function show(list, className, text) {
 }
 
 echo.onopen = () => {
+  fetch("/later?seconds=15", { signal: busy.signal }).catch(() => {});
   status.textContent = "open";
   for (let i = 1; i <= count; i++) {
     echo.send("hello " + i);
