@@ -19,8 +19,9 @@ from .config import ConfigError, gather, parse_bind, settings_from
 from .doing import Doist, EndWhen
 from .net import listen
 from .serving import Server, ServerDoer
+from .settings import Settings
 from .tuning import keep_freed_memory
-from .workers import Supervisor
+from .workers import Supervisor, heartbeat
 
 logger = logging.getLogger("hio_http")
 
@@ -38,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         addresses = bind_addresses(options)
         settings = settings_from(options)
         settings["ssl_context"] = tls_context(options)
-    except (ConfigError, UsageError) as ex:
+        Settings(**settings)  # every value checked before anything listens or forks
+    except (ConfigError, UsageError, ValueError) as ex:
         print(f"hio-http: error: {ex}", file=sys.stderr)
         return 2
     try:
@@ -61,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if options["workers"] > 1:
         supervisor = Supervisor(options["workers"], work, settings["graceful_timeout"],
-                                on_hangup=reopen_logs)
+                                on_hangup=reopen_logs, timeout=settings["timeout"])
         code = supervisor.run()
     else:
         code = work()
@@ -75,11 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def serve(app, sockets, settings: dict, options: dict) -> int:
     """Run one loop serving `app` on `sockets` until a signal stops it."""
-    doist = Doist(tock=options["tock"], real=True)
+    doist = Doist(tock=options["tock"], real=True, stall_warning=settings["stall_warning"])
     server = Server(app, poller=doist.poller, sockets=sockets, **settings)
     server.open()
     server_doer = ServerDoer(server)
     doers = [server_doer]
+    beat = heartbeat()
+    if beat is not None:  # a supervised worker: show the supervisor that the loop turns
+        doers.append(beat.doer())
     if options["app"] is None:  # the demo's clock feeds its event stream
         from . import demo
         doers += demo.doers()
@@ -89,6 +94,8 @@ def serve(app, sockets, settings: dict, options: dict) -> int:
     signal.signal(signal.SIGINT, stopper)
     signal.signal(signal.SIGHUP, lambda signum, frame: reopen_logs())
     doist.do(doers=doers)
+    for number in (signal.SIGTERM, signal.SIGINT):  # the loop is over: the rest is quick
+        signal.signal(number, signal.SIG_IGN)
     logger.info("stopped (pid %d)", os.getpid())
     return 0
 

@@ -37,6 +37,7 @@ from collections import deque
 from typing import Callable, Iterable, Optional
 
 from .polling import Poller
+from .stalls import StallWatch
 from .timing import Tymee, Tymist, Tymth
 
 __all__ = ["Doer", "DoDoer", "Doist", "doify", "doize"]
@@ -62,6 +63,7 @@ class _Deeds:
         self._deeds: deque = deque()
         self._running: deque = deque()  # the rest of the pass under way
         self._dropped: list = []  # doers removed while their own turn was running
+        self.stalls: Optional[StallWatch] = None  # told whose turn it is, when set
 
     def __len__(self) -> int:
         return len(self._deeds) + len(self._running)
@@ -91,17 +93,23 @@ class _Deeds:
         """
         self._running, self._deeds = self._deeds, deque()
         running, deeds = self._running, self._deeds
+        stalls = self.stalls
         while running:
             dog, retyme, doer = running.popleft()
             early = retyme is not None and retyme > tyme
             if early and not getattr(doer, "urgent", False):
                 deeds.append((dog, retyme, doer))
                 continue
+            if stalls is not None:
+                stalls.enter(doer)
             try:
                 tock = dog.send(tyme)
             except StopIteration as ex:
                 _set_done(doer, ex.value if ex.value else False)
                 continue
+            finally:
+                if stalls is not None:
+                    stalls.leave()
             if self._dropped and any(doer is gone for gone in self._dropped):
                 self._dropped = [gone for gone in self._dropped if gone is not doer]
                 self._close(deque([(dog, retyme, doer)]))
@@ -332,11 +340,13 @@ class Doist(Tymist):
         doers: the doers to run.
         tyme: the starting tyme.
         temp: passed to every doer as `temp=` when not None.
+        stall_warning: in real mode, warn when one doer's turn (or one app call of a server
+            under it) holds the loop longer than this many seconds (0: no watch).
     """
 
     def __init__(self, tock: Optional[float] = None, real: bool = False,
                  limit: Optional[float] = None, doers: Optional[Iterable] = None,
-                 tyme: float = 0.0, temp=None):
+                 tyme: float = 0.0, temp=None, stall_warning: float = 0.0):
         super().__init__(tyme=tyme, tock=tock)
         self.real = bool(real)
         self.limit = abs(float(limit)) if limit is not None else None
@@ -345,6 +355,7 @@ class Doist(Tymist):
         self.done: Optional[bool] = None
         self.deeds = _Deeds()
         self.poller = Poller()
+        self.stalls = StallWatch(stall_warning) if stall_warning and real else None
         self._origin = 0.0  # monotonic clock reading at tyme zero (real mode)
         self._next_tick = 0.0
 
@@ -352,6 +363,7 @@ class Doist(Tymist):
         """A tymth that also carries this Doist's Poller, for doers that wait on sockets."""
         tymth = super().tymen()
         tymth.poller = self.poller
+        tymth.stalls = self.stalls
         return tymth
 
     def do(self, doers: Optional[Iterable] = None, limit: Optional[float] = None,
@@ -393,6 +405,9 @@ class Doist(Tymist):
         if self.real:
             self._origin = time.monotonic() - self.tyme
             self._next_tick = self.tyme + self.tock
+        if self.stalls is not None:
+            self.stalls.bind()
+            self.deeds.stalls = self.stalls
         self.deeds.enter(self.doers if doers is None else doers, self.tymen(), self.tyme,
                          self.temp)
 
@@ -404,6 +419,8 @@ class Doist(Tymist):
     def exit(self) -> None:
         """Close every doer still running, newest first."""
         self.deeds.exit()
+        if self.stalls is not None:
+            self.stalls.stop()
 
     def extend(self, doers: Iterable) -> None:
         """Add doers while running: each enters now and runs from the next pass."""

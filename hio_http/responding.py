@@ -64,6 +64,8 @@ class BaseResponder:
     """Frames and sends one response on a Connection; subclasses supply status, headers, body."""
 
     high_water = 64 * 1024
+    working = False  # the app works on this response off the loop (ThreadedResponder)
+    queued = False  # it waits for a free app thread (ThreadedResponder)
 
     def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
         self.connection = None
@@ -89,6 +91,11 @@ class BaseResponder:
         self.server_header = server_header
         self.keep_alive = bool(request.keep_alive)
         self.bodiless = request.method == "HEAD"
+
+    def describe(self) -> str:
+        """The request answered, as a log line names it."""
+        request = self.request
+        return f"{request.method} {request.target}" if request is not None else "a response"
 
     # -- framing ------------------------------------------------------------------------------
 

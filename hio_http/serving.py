@@ -36,6 +36,7 @@ import logging
 import math
 import socket
 import time
+from collections import deque
 from typing import Callable, Iterator, Optional
 
 from .accesslog import AccessLog
@@ -45,13 +46,17 @@ from .polling import Poller, join_loop, leave_loop, poller_of
 from .proxying import (FORWARDING_KEYS, ProxyProtocolError, TrustedPeers, apply_forwarding,
                        parse_proxy_header)
 from .requesting import RequestError, Requestant
+from .pool import AppPool
 from .settings import Settings
 from .responding import (DONE, WAITING, BaseResponder, CustomResponder, ErrorStream,
                          FileWrapper, Responder, build_environ)
+from .stalls import StallWatch, stall_watch_of
+from .threaded import ThreadedResponder
 
 logger = logging.getLogger("hio_http.server")
 
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
 __all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
            "openServer"]
@@ -70,6 +75,7 @@ class Steward:
         self.requestant = Requestant(server.limits)
         self.responder: Optional[BaseResponder] = None
         self.deferred = None  # a request whose respond() said "not yet"
+        self.ahead: deque = deque()  # (responder, started) of pipelined requests begun early
         self.unparsed = b""  # received bytes held back while max_pipeline requests wait
         self.started = 0.0  # when the current response began (for the access log)
         self.error: Optional[RequestError] = None  # answered after the requests before it
@@ -201,9 +207,11 @@ class Steward:
 
     def ended(self) -> None:
         self.eof = True
-        if self.state == "waiting":
+        if self.state == "waiting" and not (self.responder is not None
+                                            and self.responder.working):
             # A client gone while its response waits for data (long-poll, event stream) would
-            # otherwise only be noticed at the next write: free the connection now.
+            # otherwise only be noticed at the next write: free the connection now. (One an
+            # app thread works on is finished: the client may only have shut its side.)
             self.connection.close()
             return
         self.advance()
@@ -213,6 +221,8 @@ class Steward:
         if self.responder is not None:
             self.responder.close()
             self.responder = None
+        while self.ahead:
+            self.ahead.popleft()[0].close()
         self.requestant.close()
         self.server.forget(self)
 
@@ -221,11 +231,19 @@ class Steward:
     def advance(self) -> None:
         """Make every step possible now: answer queued requests in order, then wait."""
         connection = self.connection
+        stalls = self.server.stalls
         try:
             while not connection.closed:
                 if self.responder is None and not self._begin_next():
                     break
-                state = self.responder.pump()
+                if stalls is None:
+                    state = self.responder.pump()
+                else:
+                    previous = stalls.enter(self.responder)
+                    try:
+                        state = self.responder.pump()
+                    finally:
+                        stalls.leave(previous)
                 if state is DONE:
                     if not self._finish_response():
                         return
@@ -235,6 +253,8 @@ class Steward:
                 else:
                     self._expect("responding", self.settings.write_timeout)
                 break
+            if self.responder is not None and self.responder.working:
+                self._begin_ahead()
         except Exception:
             logger.exception("internal error serving %s", connection.peer)
             connection.close()
@@ -251,19 +271,26 @@ class Steward:
             self._expect("waiting", seconds)
 
     def _wake(self) -> None:
-        """A parked body has more (called from any thread): resume on the next pass."""
-        if self.state == "waiting" and not self.connection.closed:
+        """A parked body has more, or an app thread got further (called from any thread):
+        resume on the next pass."""
+        if not self.connection.closed:
             self.server.nudge(self)
 
     def wind_down(self) -> None:
-        """The server is shutting down: close now if idle, else after the current response."""
+        """The server is shutting down: close now if idle, else after the current response,
+        which says so (Connection: close) unless its head is out already."""
         if self.responder is None and self._idle():
             self.connection.close()
+            return
+        for responder in (self.responder, *(early for early, _ in self.ahead)):
+            if responder is not None and not responder.head_sent:
+                responder.keep_alive = False
 
     def _idle(self) -> bool:
         requestant = self.requestant
         return (self.deferred is None and not requestant.requests and requestant.current is None
-                and not requestant.busy and self.error is None and not self.unparsed)
+                and not requestant.busy and self.error is None and not self.unparsed
+                and not self.ahead)
 
     def resume(self) -> None:
         """A later pass for a responder that said "not yet"."""
@@ -273,6 +300,14 @@ class Steward:
     def _begin_next(self) -> bool:
         """Start a responder for the oldest complete request, or answer an error; False: wait."""
         requestant = self.requestant
+        if self.ahead:
+            responder, started = self.ahead.popleft()
+            self.responder = responder
+            if self.server.access is not None:
+                self.started = time.time()
+            if not started:
+                self._start(responder)
+            return self.responder is not None
         if self.unparsed and not requestant.requests and self.error is None:
             self._parse(self.unparsed)
         if self.deferred is not None or requestant.requests:
@@ -295,7 +330,7 @@ class Steward:
             self.responder = responder
             if self.server.access is not None:
                 self.started = time.time()
-            responder.start()
+            self._start(responder)
             # Starting may already lose the client (a sendfile to a reset peer), which closes
             # the connection and releases the responder: then there is nothing to pump.
             return self.responder is not None
@@ -317,6 +352,39 @@ class Steward:
             self._expect("idle", self.settings.idle_timeout)
         return False
 
+    def _begin_ahead(self) -> None:
+        """While an app thread works on a request with a safe method, begin the pipelined
+        requests after it that are safe too, on other threads (RFC 9112 §9.3.2): each collects
+        its response (up to high_water) until its turn comes to be sent, in order."""
+        pool = getattr(self.server, "pool", None)
+        requests = self.requestant.requests
+        if (pool is None or not requests or self.server.closing or self.error is not None
+                or self.responder.request.method not in SAFE_METHODS):
+            return
+        while (requests and len(self.ahead) < pool.size and requests[0].upgrade is None
+               and requests[0].method in SAFE_METHODS):
+            request = requests.popleft()
+            responder = self._responder_for(request)
+            if responder is None:  # "not yet" (not from a WSGI steward): keep it in line
+                requests.appendleft(request)
+                return
+            # Only a threaded responder may begin out of turn: it sends nothing until pumped.
+            started = isinstance(responder, ThreadedResponder)
+            if started:
+                responder.start()
+            self.ahead.append((responder, started))
+
+    def _start(self, responder: BaseResponder) -> None:
+        stalls = self.server.stalls
+        if stalls is None:
+            responder.start()
+            return
+        previous = stalls.enter(responder)
+        try:
+            responder.start()  # where an app on the loop runs
+        finally:
+            stalls.leave(previous)
+
     def _responder_for(self, request) -> Optional[BaseResponder]:
         try:
             if request.upgrade is not None and request.upgrade.strip().lower() == "websocket":
@@ -329,8 +397,10 @@ class Steward:
             responder = CustomResponder(500, [("Content-Type", "text/plain")],
                                         b"Internal Server Error\n")
             request.keep_alive = False
-        if responder is not None and responder.connection is None:
-            responder.attach(self.connection, request, self.server.server_header)
+        if responder is not None:
+            if responder.connection is None:
+                responder.attach(self.connection, request, self.server.server_header)
+            responder.high_water = self.settings.high_water
         return responder
 
     def _finish_response(self) -> bool:
@@ -379,7 +449,8 @@ class Steward:
         if connection.closed or self.eof or self.protocol is not None:
             return
         if self.unparsed or self.error or (
-                len(self.requestant.requests) >= self.settings.max_pipeline):
+                len(self.requestant.requests) >= self.settings.max_pipeline) or (
+                self.responder is not None and self.responder.queued):  # no thread free
             if connection.reading:
                 connection.pause_reading()
         elif not connection.reading:
@@ -434,6 +505,11 @@ class WSGISteward(Steward):
         environ = build_environ(self.environ_base, request, self.settings.root_path)
         if any(key in environ for key in FORWARDING_KEYS):
             apply_forwarding(environ, self.server.trusted)
+        pool = self.server.pool
+        if pool is not None:
+            return ThreadedResponder(self.connection, request, self.server.app, environ,
+                                     pool=pool, wake=self._wake,
+                                     server_header=self.server.server_header)
         return Responder(self.connection, request, self.server.app, environ,
                          server_header=self.server.server_header)
 
@@ -461,6 +537,7 @@ class BaseServer:
         self.sockets = list(sockets or [])  # listening sockets opened elsewhere (workers)
         self.stewards: set = set()
         self.waiting: set = set()
+        self.stalls: Optional[StallWatch] = None  # told what the loop is doing, when set
         self.closing = False
         self.opened = False
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
@@ -674,9 +751,14 @@ class Server(BaseServer):
         super().__init__(**kwa)
         self.app = app
         self.errors = ErrorStream()
+        self.pool: Optional[AppPool] = None  # app calls run here when `threads` is set
 
     def open(self) -> "Server":
         super().open()
+        settings = self.settings
+        if settings.threads and self.pool is None:
+            self.pool = AppPool(settings.threads, settings.thread_queue,
+                                slow_after=settings.timeout)
         address = self.address
         scheme = "https" if self.settings.ssl_context else "http"
         if self.acceptor.unix:
@@ -687,10 +769,17 @@ class Server(BaseServer):
             "SERVER_NAME": name, "SERVER_PORT": port, "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": self.settings.server_header or "hio_http",
             "wsgi.version": (1, 0), "wsgi.url_scheme": scheme, "wsgi.errors": self.errors,
-            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.multithread": self.pool is not None, "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
             "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
         }
         return self
+
+    def close(self) -> None:
+        super().close()
+        if self.pool is not None:
+            self.pool.close()  # threads end once idle; one stuck in an app does not hold us
+            self.pool = None
 
     def connection_environ(self, peer) -> dict:
         environ = self._environ.copy()
@@ -718,6 +807,7 @@ class ServerDoer(Doer):
         super().__init__(**kwa)
         self.server = server
         self.nested: Optional[Poller] = None
+        self.own_stalls: Optional[StallWatch] = None
         self.stopping = False
         self.stop_deadline: Optional[float] = None
         self.pace = 0.0  # the tock asked for, kept while there is work every turn
@@ -737,6 +827,7 @@ class ServerDoer(Doer):
             self.server.poller.wake()
 
     def enter(self) -> None:
+        self._watch_stalls()
         if not self.server.opened:
             self.server.clock = self.tymth  # deadlines follow the Doist's tyme
         self.nested = join_loop(self.server, self.tymth)
@@ -765,10 +856,23 @@ class ServerDoer(Doer):
             self.wake_by = server.sweep_due()
             self.tock = max(self.pace, min(self.MAX_NAP, self.wake_by - server.clock()))
 
+    def _watch_stalls(self) -> None:
+        """Tell the Doist's StallWatch (or one of our own) what the server's loop does."""
+        stalls = stall_watch_of(self.tymth)
+        threshold = self.server.settings.stall_warning
+        if stalls is None and threshold > 0:
+            stalls = self.own_stalls = StallWatch(threshold)
+            stalls.bind()
+        self.server.stalls = stalls
+
     def exit(self) -> None:
         leave_loop(self.nested, self.tymth)
         self.nested = None
         self.server.close()
+        self.server.stalls = None
+        if self.own_stalls is not None:
+            self.own_stalls.stop()
+            self.own_stalls = None
 
 
 @contextlib.contextmanager

@@ -65,6 +65,24 @@ class Settings:
     ws_ping_timeout: float = setting(20.0, "close a WebSocket whose pong, or closing "
                                            "handshake, is this late")
     ws_compression: bool = setting(True, "accept permessage-deflate from WebSocket clients")
+    threads: int = setting(0, "run WSGI app calls and the pulling of their bodies on a pool of "
+                              "this many threads (0: on the loop, for cooperative apps)")
+    thread_queue: int = setting(64, "app calls that may wait for a free thread; beyond this, "
+                                    "connections with a request waiting stop being read")
+    stall_warning: float = setting(0.5, "warn when one app call, body pull or doer turn holds "
+                                        "the loop this long (0: off)")
+    timeout: float = setting(30.0, "a worker whose loop has not turned this long is killed and "
+                                   "replaced; an app thread busy this long has its stack logged "
+                                   "(0: off)")
+
+    def __post_init__(self) -> None:
+        for name, least in (("threads", 0), ("thread_queue", 1), ("stall_warning", 0),
+                            ("timeout", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < least:
+                raise ValueError(f"{name} must be a number of at least {least}, not {value!r}")
+        if isinstance(self.threads, float) or isinstance(self.thread_queue, float):
+            raise ValueError("threads and thread_queue must be whole numbers")
 
     def limits(self) -> Limits:
         return Limits(max_request_line=self.max_request_line,

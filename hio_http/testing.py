@@ -60,9 +60,11 @@ def serve_in_thread(app=None, cls: type = Server, tock: float = 0.01,
 
 
 def run_until(doist: Doist, condition: Callable[[], bool], timeout: float = 5.0,
-              max_ticks: Optional[int] = None) -> int:
+              max_ticks: Optional[int] = None,
+              step: Optional[Callable[[], bool]] = None) -> int:
     """Step `doist` (entered, simulated) until `condition()` holds; returns the ticks taken.
 
+    `step`, if given, makes each step instead of `doist.recur()` and says whether it ticked.
     Raises TimeoutError after `timeout` seconds of wall time or `max_ticks` ticks.
     """
     deadline = time.monotonic() + timeout
@@ -70,8 +72,11 @@ def run_until(doist: Doist, condition: Callable[[], bool], timeout: float = 5.0,
     while not condition():
         if time.monotonic() > deadline or (max_ticks is not None and ticks >= max_ticks):
             raise TimeoutError(f"condition not met after {ticks} ticks")
-        doist.recur()
-        ticks += 1
+        if step is None:
+            doist.recur()
+            ticks += 1
+        elif step():
+            ticks += 1
     return ticks
 
 
@@ -88,6 +93,10 @@ class Loop:
     `cls`/`settings` make the server as `serve_in_thread` does; `client_settings` holds keywords
     for the Client (`timeout`, `max_redirects`, ...); `doers` join the same Doist (periodic tasks, a
     Broadcaster's publisher...). `tyme` tells the simulated time.
+
+    With `threads=N` the app runs on real threads, in real time: while one of them works, the
+    loop waits for it (its end wakes the loop) instead of ticking, so simulated time does not
+    run ahead of the app and client timeouts mean the same as without threads.
     """
 
     def __init__(self, app=None, *, cls: type = Server, tock: float = 0.03125,
@@ -140,13 +149,24 @@ class Loop:
         """Tick until `condition()` holds; returns the ticks taken. TimeoutError after `timeout`
         seconds of wall time or `max_ticks` ticks."""
         self.open()
-        return run_until(self.doist, condition, timeout=timeout, max_ticks=max_ticks)
+        return run_until(self.doist, condition, timeout=timeout, max_ticks=max_ticks,
+                         step=self._step)
 
     def tick(self, count: int = 1) -> None:
         """Run `count` ticks (each advances tyme by one tock)."""
         self.open()
         for _ in range(count):
-            self.doist.recur()
+            while not self._step():
+                pass
+
+    def _step(self) -> bool:
+        """One tick, or, while app threads work, a real-time wait for them; True if it ticked."""
+        pool = getattr(self.server, "pool", None)
+        if pool is not None and (pool.busy or pool.queued):
+            self.doist.poller.poll(0.05)  # a job's end wakes this wait at once
+            return False
+        self.doist.recur()
+        return True
 
     def request(self, method: str, path: str = "/", **kwa: Any) -> Response:
         """Queue a request on the loop's client; its Response fills in as the loop ticks."""
