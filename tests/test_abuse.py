@@ -829,9 +829,11 @@ def test_pipelined_requests_queue_no_further_than_max_pipeline():
 # ---- the soak, briefly -------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_soak_briefly():
+@pytest.mark.parametrize("threads", [0, 4])
+def test_soak_briefly(threads):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak" / "soak.py"),
-                             "--seconds", "8"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=90)
+                             "--seconds", "8", "--threads", str(threads)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "errors: 0" in result.stdout
+    assert re.search(r"threads: (\d+) -> \1 ", result.stdout), result.stdout

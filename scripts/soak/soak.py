@@ -1,11 +1,13 @@
 """Soak the hio_http command line with mixed traffic and watch its memory.
 
-    python scripts/soak/soak.py [--seconds 60]
+    python scripts/soak/soak.py [--seconds 60] [--threads 4]
 
 Starts `python -m hio_http --bind 127.0.0.1:0 soak_app:app` as a subprocess, drives it from a few
 client threads (requests sessions and fresh connections, raw sockets with keep-alive, close and
-pipelining), samples the server's RSS every second from /proc/PID/status, and prints a report.
-Exits 1 on any error, or if RSS grew more than --max-growth-mib after the warm-up.
+pipelining), samples the server's RSS and thread count every second from /proc/PID/status,
+and prints a report. With --threads N the app runs on the server's pool of N threads.
+Exits 1 on any error, if RSS grew more than --max-growth-mib after the warm-up, or if the
+server's threads or descriptors grew.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ class Tally:
 
 # ---- the server --------------------------------------------------------------------------------
 
-def start_server() -> tuple[subprocess.Popen, str, collections.deque]:
+def start_server(threads: int = 0) -> tuple[subprocess.Popen, str, collections.deque]:
     """Start the CLI on a free port; returns the process, its URL and its latest log lines."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "hio_http", "--bind", "127.0.0.1:0", "soak_app:app"],
+        [sys.executable, "-m", "hio_http", "--bind", "127.0.0.1:0", "--threads", str(threads),
+         "soak_app:app"],
         cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log: collections.deque = collections.deque(maxlen=200)
     deadline = time.monotonic() + 20
@@ -86,11 +89,19 @@ def stop_server(process: subprocess.Popen) -> int:
 
 
 def rss_of(pid: int) -> int:
+    return _status_field(pid, "VmRSS:") * 1024
+
+
+def threads_of(pid: int) -> int:
+    return _status_field(pid, "Threads:")
+
+
+def _status_field(pid: int, name: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+            if line.startswith(name):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {name} in /proc/{pid}/status")
 
 
 def fds_of(pid: int) -> int:
@@ -267,10 +278,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sessions", type=int, default=2, help="keep-alive session threads")
     parser.add_argument("--max-growth-mib", type=float, default=8.0,
                         help="fail if RSS grows more than this after the warm-up")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="run the app on the server's pool of this many threads")
     args = parser.parse_args(argv)
     warm_up = min(10.0, args.seconds / 4)
 
-    process, base, log = start_server()
+    process, base, log = start_server(args.threads)
     address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
     tally = Tally()
     stop = threading.Event()
@@ -279,6 +292,8 @@ def main(argv=None) -> int:
     requests.get(base + "/small", headers={"Connection": "close"}, timeout=10).raise_for_status()
     time.sleep(0.2)  # the server closes that connection after its answer
     fds_first = fds_of(process.pid)
+    threads_first = threads_of(process.pid)
+    threads_most = threads_first
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
     threads = [threading.Thread(target=session_client, args=(base, stop, tally, f"session{i}"))
@@ -295,6 +310,7 @@ def main(argv=None) -> int:
                 tally.error("server", f"exited early with {process.returncode}")
                 break
             samples.append((time.monotonic() - started, rss_of(process.pid)))
+            threads_most = max(threads_most, threads_of(process.pid))
             next_sample += 1.0
             time.sleep(max(0.0, next_sample - time.monotonic()))
     finally:
@@ -314,11 +330,14 @@ def main(argv=None) -> int:
             fds_last = fds_of(process.pid)
             if fds_last > fds_first:
                 tally.error("server", f"{fds_last - fds_first} file descriptors never released")
+            threads_last = threads_of(process.pid)
+            if threads_most > threads_first:
+                tally.error("server", f"threads grew from {threads_first} to {threads_most}")
             exit_code = stop_server(process)
             if exit_code != 0:
                 tally.error("server", f"exit status {exit_code} after SIGTERM")
         else:
-            fds_last = None
+            fds_last = threads_last = None
 
     total = sum(tally.counts.values())
     print(f"soak: {elapsed:.0f} s of mixed traffic against {base} (server pid {process.pid}, "
@@ -347,7 +366,8 @@ def main(argv=None) -> int:
         if growth > args.max_growth_mib * MiB:
             print("FAIL: memory kept growing after the warm-up")
             failed = True
-    print(f"server fds: {fds_first} -> {fds_last}; exit status {exit_code}")
+    print(f"server fds: {fds_first} -> {fds_last}; threads: {threads_first} -> {threads_last} "
+          f"(at most {threads_most}); exit status {exit_code}")
     if tally.errors:
         print("last server log lines:\n" + "".join(list(log)[-10:]), end="")
     print("verdict:", "FAIL" if failed else "OK")
