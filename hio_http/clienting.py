@@ -70,7 +70,9 @@ MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that clos
 CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-Headers = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+HeaderValue = Union[str, bytes, bytearray, memoryview, int]
+Headers = Union[Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]], None]
+BYTES_LIKE = (bytes, bytearray, memoryview)
 Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
 
 
@@ -660,8 +662,10 @@ class Client:
 
         `path` is the request target below the base URL ("/items?page=2"), or an absolute URL
         of the same origin. `json` sends a value as JSON. `timeout` overrides the client's for
-        this response. Invalid arguments (a header with CR or LF, say) raise ValueError here;
-        anything that goes wrong on the network later lands on `response.error`.
+        this response. Header values are str, bytes-like (sent as those exact bytes) or int; a
+        Content-Length, if given, must match the body. Invalid arguments raise here: a value of
+        another type TypeError, a header with CR or LF (say) ValueError; anything that goes
+        wrong on the network later lands on `response.error`.
         """
         method = method.upper()
         if not _is_token(method):
@@ -892,8 +896,11 @@ class Client:
         host = None
         for name, value in fields:
             lowered = name.lower()
+            if lowered == "content-length" and value.strip() == str(len(body)):
+                continue  # what the client would send anyway
             if lowered in ("content-length", "transfer-encoding"):
-                raise ValueError(f"{name} is set by the client from the body")
+                raise ValueError(f"{name} is set by the client from the body "
+                                 f"({len(body)} bytes), not {value!r}")
             if lowered == "host":
                 host = value
                 continue
@@ -935,7 +942,27 @@ def _header_list(headers: Headers) -> list:
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(name), str(value)) for name, value in items]
+    return [(_header_name(name), _header_text(name, value)) for name, value in items]
+
+
+def _header_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"header name must be str, not {type(name).__name__}")
+    return name
+
+
+def _header_text(name: str, value: Any) -> str:
+    """A header value as text whose latin-1 encoding is what goes on the wire: bytes-like
+    values keep their exact bytes, ints are written in decimal. Never str() of anything else
+    (that would send "bytearray(b'...')" or "None" without a word)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BYTES_LIKE):
+        return bytes(value).decode("latin-1")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"header {name} value must be str, bytes-like or int, not "
+                    f"{type(value).__name__}")
 
 
 # -- event streams ------------------------------------------------------------------------------
