@@ -341,7 +341,7 @@ class _Session:
         context = self.client.tls_context
         if context is not None:
             try:
-                sock = context.wrap_socket(sock, server_hostname=self.client.host,
+                sock = context.wrap_socket(sock, server_hostname=self.client.server_name,
                                            do_handshake_on_connect=False)
             except (ssl.SSLError, OSError, ValueError) as ex:
                 sock.close()
@@ -532,7 +532,8 @@ class Client:
     max_redirects: redirects to follow (same origin only); 0 leaves 3xx responses as they are.
     tls_context / verify: TLS for https. By default the server's certificate is verified
         against the system's CAs (`ssl.create_default_context()`); `verify=False` turns that
-        off; a `tls_context` of your own is used as it is.
+        off; a `tls_context` of your own is used as it is. `server_name` is the name the
+        certificate is checked against (and sent as SNI); by default `host`.
     poller: the Poller to register sockets with (ClientDoer uses its Doist's); else the client
         keeps one and polls it in `service()`.
     clock: seconds for deadlines (ClientDoer uses the Doist's tymth); default time.monotonic.
@@ -545,7 +546,7 @@ class Client:
                  clock: Optional[Callable[[], float]] = None, headers: Headers = None,
                  max_pipeline: int = 8, max_body: int = 64 * 1024 * 1024,
                  max_header_bytes: int = 65536, max_header_count: int = 100,
-                 user_agent: Optional[str] = "hio_http"):
+                 user_agent: Optional[str] = "hio_http", server_name: Optional[str] = None):
         prefix = ""
         if base_url is not None:
             parts = urlsplit(base_url)
@@ -577,6 +578,7 @@ class Client:
                 tls_context.check_hostname = False
                 tls_context.verify_mode = ssl.CERT_NONE
         self.tls_context = tls_context if scheme == "https" else None
+        self.server_name = server_name or host
         self.poller = poller
         self.owns_poller = False
         self.clock = clock or time.monotonic

@@ -713,6 +713,23 @@ def test_our_server_in_a_thread_with_tls(certificate):
         lax.close()
 
 
+def test_server_name_is_what_the_certificate_is_checked_against(certificate):
+    """Connecting to an address while checking the certificate for a name (hio's certedhost)."""
+    trusted = ssl.create_default_context(cafile=certificate[0])
+    with serve_in_thread(echo_app, ssl_context=server_context(certificate)) as server:
+        named = Client(server.url, tls_context=trusted, server_name="localhost")
+        response = named.get("/named")
+        named.run_until(response, timeout=5)
+        assert response.status == 200
+        named.close()
+        wrong = Client(server.url, tls_context=trusted, server_name="elsewhere.example")
+        refused = wrong.get("/named")
+        wrong.run_until(refused, timeout=5)
+        assert isinstance(refused.error, ConnectError)
+        assert isinstance(refused.error.__cause__, ssl.SSLCertVerificationError)
+        wrong.close()
+
+
 # -- failures: each lands on its response, the loop runs on ----------------------------------------
 
 def test_refused_connection():
