@@ -944,7 +944,7 @@ def _header_list(headers: Headers) -> list:
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(_header_name(name), _header_text(name, value)) for name, value in items]
+    return [(_header_name(name), header_text(name, value)) for name, value in items]
 
 
 def _header_name(name: Any) -> str:
@@ -953,7 +953,7 @@ def _header_name(name: Any) -> str:
     return name
 
 
-def _header_text(name: str, value: Any) -> str:
+def header_text(name: str, value: Any) -> str:
     """A header value as text whose latin-1 encoding is what goes on the wire: bytes-like
     values keep their exact bytes, ints are written in decimal. Never str() of anything else
     (that would send "bytearray(b'...')" or "None" without a word)."""
