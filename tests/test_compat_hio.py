@@ -448,6 +448,29 @@ def test_bare_server_with_a_steward_subclass():
     assert echo.data["method"] == "GET"
 
 
+def test_hio_style_server_and_clients_under_this_packages_doist(static_dir):
+    """The same adapters under hio_http's own Doist: sockets on its Poller, a limit of 0
+    meaning none, the run ended by a condition."""
+    from hio_http.doing import Doist, EndWhen
+
+    cues = Cues()
+    app, receipts = make_app(ours, static_dir, cues)
+    server = ours.Server(host="127.0.0.1", port=0, app=app)
+    server.reopen()
+    url = f"http://127.0.0.1:{server.servant.ha[1]}"
+    post = _client(ours, url, "POST", "/receipts", data={"d": "E1"})
+    stream = _client(ours, url, "POST", "/stream", data={"from": 0})
+    doist = Doist(tock=0.01, real=True, limit=0)
+    done = EndWhen(doist, lambda: post.responses and got_events(stream))
+    started = time.monotonic()
+    doist.do(doers=[ours.ServerDoer(server=server), cues, ours.ClientDoer(client=post),
+                    ours.ClientDoer(client=stream), done])
+    assert time.monotonic() - started < 10
+    assert post.respond().data == {"accepted": 1}
+    assert [e["data"] for e in stream.events] == [f"event {n}" for n in range(1, EVENTS + 1)]
+    assert not server.servant.opened
+
+
 class _served:
     """Serve a hio-style server from a background thread for blocking clients."""
 
