@@ -334,16 +334,26 @@ def test_bare_server_echoes_by_default(http):
         with http.openClient(path=f"http://localhost:{port}/", tymth=tymist.tymen()) as client:
             client.requests.append({"method": "GET", "path": "/echo?name=fame", "qargs": {},
                                     "fragment": "", "headers": {"Accept": "application/json"}})
-            deadline = time.monotonic() + 10
-            while client.requests or not client.responses or not server.idle():
-                assert time.monotonic() < deadline, "no echo within 10 s"
-                server.service()
-                client.service()
-                time.sleep(0.01)
-                tymist.tick(tock=0.1)
-    echo = client.respond().data
+            _exchange(server, client, tymist)
+            echo = client.respond().data
+        with http.openClient(method="PUT", path=f"http://localhost:{port}/again",
+                             body=b"payload", tymth=tymist.tymen()) as client:
+            client.transmit()  # the request the client was made with, as hio's tests send
+            _exchange(server, client, tymist, idle=False)  # hio: the first client's lingers
+            again = client.respond().data
     assert (echo["method"], echo["path"], echo["qargs"]) == ("GET", "/echo", {"name": "fame"})
     assert ["Accept", "application/json"] in echo["headers"]
+    assert (again["method"], again["path"], again["body"]) == ("PUT", "/again", "payload")
+
+
+def _exchange(server, client, tymist, idle=True):
+    deadline = time.monotonic() + 10
+    while client.requests or not client.responses or (idle and not server.idle()):
+        assert time.monotonic() < deadline, "no response within 10 s"
+        server.service()
+        client.service()
+        time.sleep(0.01)
+        tymist.tick(tock=0.1)
 
 
 # -- where hio has a bug, ours does the right thing ----------------------------------------
@@ -445,8 +455,12 @@ def test_missing_static_directory_is_a_warning_then_served_once_it_exists(tmp_pa
 def test_keywords_without_meaning_warn_once_and_typos_are_errors():
     with pytest.warns(DeprecationWarning, match="bufsize, wl") as caught:
         server = ours.Server(port=0, bufsize=131072, wl=None, app=None)
-    assert len([w for w in caught if issubclass(w.category, DeprecationWarning)]) == 1
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecations) == 1 and deprecations[0].filename == __file__
     server.close()
+    with pytest.warns(DeprecationWarning, match="bufsize") as caught:
+        ours.Client(hostname="127.0.0.1", port=1, bufsize=8096).close()
+    assert caught[0].filename == __file__
     with pytest.raises(TypeError, match="prot"):
         ours.Server(prot=0)
     with pytest.raises(TypeError, match="hostnme"):

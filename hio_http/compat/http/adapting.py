@@ -90,12 +90,14 @@ def _pairs(items: Any) -> Iterable:
     return items
 
 
-def warn_ignored(owner: str, names: Iterable[str]) -> None:
-    """One DeprecationWarning naming every hio keyword given that has no meaning here."""
+def warn_ignored(owner: str, names: Iterable[str], depth: int = 1) -> None:
+    """One DeprecationWarning naming every hio keyword given that has no meaning here, pointed
+    at the caller `depth` frames above the one calling this."""
     names = sorted(names)
     if names:
         warnings.warn(f"{owner}: {', '.join(names)} mean nothing in hio_http and are ignored "
-                      f"(see the README, 'Coming from hio')", DeprecationWarning, stacklevel=4)
+                      f"(see the README, 'Coming from hio')", DeprecationWarning,
+                      stacklevel=2 + depth)
 
 
 def server_context(context: Optional[ssl.SSLContext] = None, version: Any = None,

@@ -32,7 +32,8 @@ __all__ = ["Server", "WsgiServer", "BareServer", "Steward", "CustomResponder", "
 # hio keywords that tune hio's own socket layer; the native server has settings of its own.
 IGNORED = frozenset({"bufsize", "wl", "reqs", "reps", "stewards", "bs", "bl", "uid"})
 TLS_KEYWORDS = ("context", "version", "certify", "keypath", "certpath", "cafilepath")
-SETTINGS = frozenset(Settings.__dataclass_fields__)
+# native keywords that may be given beside hio's
+NATIVE = frozenset(Settings.__dataclass_fields__) | {"poller", "websockets", "sockets"}
 
 
 class Servant:
@@ -76,11 +77,11 @@ class _HioServer:
                 port: Optional[int], eha: Optional[tuple], scheme: str,
                 tymeout: Optional[float], tymth: Optional[Callable]) -> dict:
         """Native settings from hio's keywords (warning once about those that mean nothing)."""
-        warn_ignored(type(self).__name__, [k for k in kwa if k in IGNORED])
+        warn_ignored(type(self).__name__, [k for k in kwa if k in IGNORED], depth=2)
         tls = {k: kwa.pop(k) for k in TLS_KEYWORDS if k in kwa}
         for key in [k for k in kwa if k in IGNORED]:
             del kwa[key]
-        unknown = [k for k in kwa if k not in SETTINGS]
+        unknown = [k for k in kwa if k not in NATIVE]
         if unknown:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword(s) "
                             f"{', '.join(sorted(unknown))}")
