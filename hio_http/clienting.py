@@ -53,6 +53,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
 from .doing import Doer
 from .net import Connection
 from .polling import WRITE, Poller, join_loop, leave_loop
+from .responding import header_text  # one rule for header values, requests and responses
 
 if TYPE_CHECKING:
     from .websocket_client import WebSocketClient
@@ -72,7 +73,6 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 HeaderValue = Union[str, bytes, bytearray, memoryview, int]
 Headers = Union[Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]], None]
-BYTES_LIKE = (bytes, bytearray, memoryview)
 Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
 
 
@@ -951,20 +951,6 @@ def _header_name(name: Any) -> str:
     if not isinstance(name, str):
         raise TypeError(f"header name must be str, not {type(name).__name__}")
     return name
-
-
-def header_text(name: str, value: Any) -> str:
-    """A header value as text whose latin-1 encoding is what goes on the wire: bytes-like
-    values keep their exact bytes, ints are written in decimal. Never str() of anything else
-    (that would send "bytearray(b'...')" or "None" without a word)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, BYTES_LIKE):
-        return bytes(value).decode("latin-1")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise TypeError(f"header {name} value must be str, bytes-like or int, not "
-                    f"{type(value).__name__}")
 
 
 # -- event streams ------------------------------------------------------------------------------

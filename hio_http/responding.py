@@ -481,16 +481,17 @@ def drop_hop_by_hop(headers: list) -> tuple[list, bool]:
     return kept, close
 
 
-def header_text(name, value) -> str:
-    """A bare response's header value as text: str as it is, bytes-like as those exact bytes
-    (read as latin-1), int in decimal; anything else is a TypeError, never str(value)."""
+def header_text(name: str, value: object) -> str:
+    """A header value as text whose latin-1 encoding is what goes on the wire: str as it is,
+    bytes-like as those exact bytes, int in decimal. Anything else is a TypeError, never
+    str(value), which would send "bytearray(b'...')" or "None" without a word."""
     if isinstance(value, str):
         return value
     if isinstance(value, BYTES_LIKE):
         return bytes(value).decode("latin-1")
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise TypeError(f"response header {name} value must be str, bytes-like or int, not "
+    raise TypeError(f"header {name} value must be str, bytes-like or int, not "
                     f"{type(value).__name__}")
 
 

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 
 from ...client_parsing import EventParser
 from ...clienting import Client as NativeClient
-from ...clienting import header_text
+from ...responding import header_text
 from ...doing import Doer
 from ...polling import join_loop, leave_loop
 from .adapting import Hict, client_context, warn_ignored
