@@ -53,6 +53,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
 from .doing import Doer
 from .net import Connection
 from .polling import WRITE, Poller, join_loop, leave_loop
+from .responding import header_text  # one rule for header values, requests and responses
 
 if TYPE_CHECKING:
     from .websocket_client import WebSocketClient
@@ -70,7 +71,8 @@ MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that clos
 CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-Headers = Union[Mapping[str, str], Iterable[tuple[str, str]], None]
+HeaderValue = Union[str, bytes, bytearray, memoryview, int]
+Headers = Union[Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]], None]
 Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
 
 
@@ -339,7 +341,7 @@ class _Session:
         context = self.client.tls_context
         if context is not None:
             try:
-                sock = context.wrap_socket(sock, server_hostname=self.client.host,
+                sock = context.wrap_socket(sock, server_hostname=self.client.server_name,
                                            do_handshake_on_connect=False)
             except (ssl.SSLError, OSError, ValueError) as ex:
                 sock.close()
@@ -530,7 +532,8 @@ class Client:
     max_redirects: redirects to follow (same origin only); 0 leaves 3xx responses as they are.
     tls_context / verify: TLS for https. By default the server's certificate is verified
         against the system's CAs (`ssl.create_default_context()`); `verify=False` turns that
-        off; a `tls_context` of your own is used as it is.
+        off; a `tls_context` of your own is used as it is. `server_name` is the name the
+        certificate is checked against (and sent as SNI); by default `host`.
     poller: the Poller to register sockets with (ClientDoer uses its Doist's); else the client
         keeps one and polls it in `service()`.
     clock: seconds for deadlines (ClientDoer uses the Doist's tymth); default time.monotonic.
@@ -543,7 +546,7 @@ class Client:
                  clock: Optional[Callable[[], float]] = None, headers: Headers = None,
                  max_pipeline: int = 8, max_body: int = 64 * 1024 * 1024,
                  max_header_bytes: int = 65536, max_header_count: int = 100,
-                 user_agent: Optional[str] = "hio_http"):
+                 user_agent: Optional[str] = "hio_http", server_name: Optional[str] = None):
         prefix = ""
         if base_url is not None:
             parts = urlsplit(base_url)
@@ -575,6 +578,7 @@ class Client:
                 tls_context.check_hostname = False
                 tls_context.verify_mode = ssl.CERT_NONE
         self.tls_context = tls_context if scheme == "https" else None
+        self.server_name = server_name or host
         self.poller = poller
         self.owns_poller = False
         self.clock = clock or time.monotonic
@@ -660,8 +664,10 @@ class Client:
 
         `path` is the request target below the base URL ("/items?page=2"), or an absolute URL
         of the same origin. `json` sends a value as JSON. `timeout` overrides the client's for
-        this response. Invalid arguments (a header with CR or LF, say) raise ValueError here;
-        anything that goes wrong on the network later lands on `response.error`.
+        this response. Header values are str, bytes-like (sent as those exact bytes) or int; a
+        Content-Length, if given, must match the body. Invalid arguments raise here: a value of
+        another type TypeError, a header with CR or LF (say) ValueError; anything that goes
+        wrong on the network later lands on `response.error`.
         """
         method = method.upper()
         if not _is_token(method):
@@ -892,8 +898,11 @@ class Client:
         host = None
         for name, value in fields:
             lowered = name.lower()
+            if lowered == "content-length" and value.strip() == str(len(body)):
+                continue  # what the client would send anyway
             if lowered in ("content-length", "transfer-encoding"):
-                raise ValueError(f"{name} is set by the client from the body")
+                raise ValueError(f"{name} is set by the client from the body "
+                                 f"({len(body)} bytes), not {value!r}")
             if lowered == "host":
                 host = value
                 continue
@@ -935,7 +944,13 @@ def _header_list(headers: Headers) -> list:
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(name), str(value)) for name, value in items]
+    return [(_header_name(name), header_text(name, value)) for name, value in items]
+
+
+def _header_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"header name must be str, not {type(name).__name__}")
+    return name
 
 
 # -- event streams ------------------------------------------------------------------------------

@@ -336,7 +336,8 @@ class Doist(Tymist):
     Parameters:
         tock: seconds per tick (real mode: the longest a doer that runs every pass waits).
         real: follow the monotonic clock and wait for ticks and I/O; else simulate, never sleeping.
-        limit: stop after this much tyme (None: run until every doer is done).
+        limit: stop after this much tyme (None or 0: no limit, run until every doer is done,
+            as in hio; a negative limit is a ValueError).
         doers: the doers to run.
         tyme: the starting tyme.
         temp: passed to every doer as `temp=` when not None.
@@ -349,7 +350,7 @@ class Doist(Tymist):
                  tyme: float = 0.0, temp=None, stall_warning: float = 0.0):
         super().__init__(tyme=tyme, tock=tock)
         self.real = bool(real)
-        self.limit = abs(float(limit)) if limit is not None else None
+        self.limit = _limit(limit)
         self.doers: list = list(doers) if doers is not None else []
         self.temp = temp
         self.done: Optional[bool] = None
@@ -375,7 +376,7 @@ class Doist(Tymist):
         if doers is not None:
             self.doers = list(doers)
         if limit is not None:
-            self.limit = abs(float(limit))
+            self.limit = _limit(limit)
         if tyme is not None:
             self.tyme = tyme
         self.done = False
@@ -486,3 +487,13 @@ def doize(*, tock: float = 0.0, **opts) -> Callable[[Callable], Callable]:
         f.opts = dict(opts)
         return f
     return decorator
+
+
+def _limit(limit: Optional[float]) -> Optional[float]:
+    """A Doist's run limit: None and 0 both mean none (hio's meaning); negative is a mistake."""
+    if limit is None:
+        return None
+    limit = float(limit)
+    if limit < 0 or limit != limit:
+        raise ValueError(f"limit must be None, 0 (no limit) or positive seconds, not {limit!r}")
+    return limit or None

@@ -37,9 +37,12 @@ DONE, WAITING, BLOCKED = "done", "waiting", "blocked"
 SERVER_SOFTWARE = "hio_http"
 DEFAULT_SERVER = b"Server: hio_http\r\n"
 
-# RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's.
+# RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's. An
+# app's `Connection: close` is honoured (the server writes it, once); the rest are dropped.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade"})
+BYTES_LIKE = (bytes, bytearray, memoryview)
+_warned_hop_by_hop: set = set()  # names already warned of: one WARNING per name per process
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
 
@@ -226,6 +229,9 @@ class Responder(BaseResponder):
             raise AssertionError("start_response called a second time without exc_info")
         check_status(status)
         check_headers(headers)
+        headers, close = drop_hop_by_hop(headers)
+        if close:
+            self.keep_alive = False
         self.status, self.headers = status, headers
         self.pending_head = True
         return self.write
@@ -234,9 +240,7 @@ class Responder(BaseResponder):
         """The legacy write() callable: sends at once (the buffer may pass its high-water mark)."""
         if self.status is None:
             raise AssertionError("write() called before start_response()")
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-        self._out(bytes(data))
+        self._out(body_bytes(data, "write() was given"))
 
     def _out(self, data: bytes, last: bool = False) -> None:
         if not self.head_sent:
@@ -305,14 +309,14 @@ class Responder(BaseResponder):
                     self._out(b"", last=True)
                 self.finish()
                 return DONE
+            if type(chunk) is not bytes:
+                chunk = body_bytes(chunk, "the app yielded")
             if not chunk:
                 if sized:
                     continue
                 return WAITING
             if self.status is None:
                 raise AssertionError("the app yielded body bytes before start_response()")
-            if not isinstance(chunk, bytes):
-                raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
             # A one-item list is the whole body: send it with a Content-Length, in one write.
             self._out(chunk, last=sized and len(self.result) == 1)
             if self.bodiless:  # HEAD, 204, 304: the rest of the body would be discarded anyway
@@ -345,23 +349,38 @@ class Responder(BaseResponder):
 
 class CustomResponder(BaseResponder):
     """A bare response for a Steward to return: `status` (code or "200 OK"), `headers` (list of
-    pairs or a dict), and either `body` (bytes, or an iterable of bytes where b"" means "not yet",
-    for streaming) or `data` (sent as JSON). The Steward attaches it to its connection."""
+    pairs or a dict; values str, bytes-like or int), and either `body` (bytes-like, or an
+    iterable of bytes-like items where b"" means "not yet", for streaming) or `data` (sent as
+    JSON). `Connection: close` ends the connection after this response. The Steward attaches
+    it to its connection."""
 
     def __init__(self, status=200, headers=None, body=b"", data=None, **kwa):
         super().__init__(**kwa)
         code = int(str(status)[:3])
         self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
-        self.headers = list(headers.items() if isinstance(headers, dict) else headers or [])
+        pairs = headers.items() if isinstance(headers, dict) else headers or []
+        self.headers = [(name, header_text(name, value)) for name, value in pairs]
         if data is not None:
             body = json.dumps(data, separators=(",", ":")).encode("utf-8")
             if not any(name.lower() == "content-type" for name, _ in self.headers):
                 self.headers.append(("Content-Type", "application/json"))
         check_status(self.status)
         check_headers(self.headers)
-        self.whole = isinstance(body, (bytes, bytearray))
-        self.iterator = iter([bytes(body)]) if self.whole else iter(body)
+        self.headers, self.close_asked = drop_hop_by_hop(self.headers)
+        self.whole = isinstance(body, BYTES_LIKE)
+        if self.whole:
+            self.iterator = iter([bytes(body)])
+        elif isinstance(body, str) or not hasattr(body, "__iter__"):
+            raise TypeError(f"CustomResponder body must be bytes-like or an iterable of "
+                            f"bytes-like items, not {type(body).__name__}")
+        else:
+            self.iterator = iter(body)
         self.body = body
+
+    def attach(self, connection, request, server_header: bytes = DEFAULT_SERVER) -> None:
+        super().attach(connection, request, server_header)
+        if self.close_asked:
+            self.keep_alive = False
 
     def start(self) -> None:
         pass
@@ -382,6 +401,8 @@ class CustomResponder(BaseResponder):
                         self.send_head(b"", last=True)
                     self.finish()
                     return DONE
+                if type(chunk) is not bytes:
+                    chunk = body_bytes(chunk, "the response body yielded")
                 if not chunk:
                     if not self.whole:
                         return WAITING
@@ -442,9 +463,52 @@ def check_headers(headers) -> None:
                 value.encode("latin-1")
             except UnicodeEncodeError:
                 raise ValueError(f"response header {name} value is not latin-1 text") from None
-        if name.lower() in HOP_BY_HOP:
-            raise ValueError(f"hop-by-hop header {name!r} is not allowed from an application "
-                             "(PEP 3333); the server manages the connection")
+
+
+def drop_hop_by_hop(headers: list) -> tuple[list, bool]:
+    """The headers without hop-by-hop fields (PEP 3333, RFC 9110 §7.6.1), and whether they asked
+    for `Connection: close`. That one is honoured: the response ends the connection and the
+    server sends the header itself, once. The others are the server's to set (it frames the
+    body and keeps the connection) and are dropped, with one WARNING per name per process."""
+    if not any(name.lower() in HOP_BY_HOP for name, _ in headers):
+        return headers, False
+    kept, close = [], False
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP:
+            kept.append((name, value))
+            continue
+        if lower == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+            close = True
+            continue
+        if lower not in _warned_hop_by_hop:
+            _warned_hop_by_hop.add(lower)
+            logger.warning("dropped hop-by-hop header %r from a response: the server frames the "
+                           "body and manages the connection (warned once per name)", name)
+    return kept, close
+
+
+def header_text(name: str, value: object) -> str:
+    """A header value as text whose latin-1 encoding is what goes on the wire: str as it is,
+    bytes-like as those exact bytes, int in decimal. Anything else is a TypeError, never
+    str(value), which would send "bytearray(b'...')" or "None" without a word."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BYTES_LIKE):
+        return bytes(value).decode("latin-1")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"header {name} value must be str, bytes-like or int, not "
+                    f"{type(value).__name__}")
+
+
+def body_bytes(item, what: str) -> bytes:
+    """A body item as bytes: bytes-like objects are accepted, anything else (str included:
+    its encoding is the app's choice) is a TypeError saying what was given."""
+    if isinstance(item, BYTES_LIKE):
+        return bytes(item)
+    hint = " (encode text first, e.g. text.encode('utf-8'))" if isinstance(item, str) else ""
+    raise TypeError(f"{what} {type(item).__name__}, not a bytes-like object{hint}")
 
 
 class ErrorStream:

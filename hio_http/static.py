@@ -80,7 +80,7 @@ class StaticSink:
             segments = segments + [self.index]
             real, info = self._lookup(segments)
             if not slash:  # relative links in the index resolve against the slash form
-                raise falcon.HTTPMovedPermanently(self._slash_location(req.env, segments[:-1]))
+                raise falcon.HTTPMovedPermanently(self._slash_location(req.env))
         elif slash:
             raise falcon.HTTPNotFound()  # "file.txt/" names a directory that does not exist
         if not stat.S_ISREG(info.st_mode):
@@ -102,11 +102,11 @@ class StaticSink:
         raw = env.get("RAW_URI") or env.get("REQUEST_URI") or ""
         if _has_encoded_separator(raw.partition("?")[0]):
             raise falcon.HTTPNotFound()
-        path = env.get("PATH_INFO", "")
-        if path != self.prefix and not path.startswith(self.prefix + "/"):
-            raise falcon.HTTPNotFound()  # "/staticfoo" is not under "/static"
+        rest = self.relative(env.get("PATH_INFO", ""))
+        if rest is None:
+            raise falcon.HTTPNotFound()
         try:  # PATH_INFO holds the raw bytes as latin-1 characters; names are UTF-8
-            rest = path[len(self.prefix):].encode("latin-1").decode("utf-8")
+            rest = rest.encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise falcon.HTTPNotFound() from None
         segments = rest.split("/")[1:]
@@ -116,6 +116,14 @@ class StaticSink:
         if not all(_is_plain_name(segment) for segment in segments):
             raise falcon.HTTPNotFound()
         return segments, slash
+
+    def relative(self, path: str) -> Optional[str]:
+        """The part of the request path that names a file: what follows the prefix ("" or
+        starting with "/"), or None when the path is not under the prefix. Subclasses that map
+        paths otherwise override this; every safety check comes after it."""
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return None  # "/staticfoo" is not under "/static"
+        return path[len(self.prefix):]
 
     def _lookup(self, segments: list[str]) -> tuple[str, os.stat_result]:
         """The real path of `segments` under the root and its stat, or 404."""
@@ -133,11 +141,10 @@ class StaticSink:
         except (OSError, ValueError):
             raise falcon.HTTPNotFound() from None
 
-    def _slash_location(self, env: dict, segments: list[str]) -> str:
+    def _slash_location(self, env: dict) -> str:
         """The directory's URL with its trailing slash, keeping the query string."""
-        script = env.get("SCRIPT_NAME", "").encode("latin-1")
-        path = self.prefix + "".join("/" + segment for segment in segments) + "/"
-        location = quote(script + path.encode("utf-8"))
+        path = env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "") + "/"
+        location = quote(path.encode("latin-1"))
         query = env.get("QUERY_STRING", "")
         return f"{location}?{query}" if query else location
 

@@ -3,8 +3,10 @@ over several ticks, streaming, beside a WSGI app and a user doer in one Doist.""
 
 import http.client
 import json
+import logging
 import threading
 
+import pytest
 import requests
 
 from hio_http.doing import Doer, Doist
@@ -176,3 +178,67 @@ def test_head_on_a_streamed_bare_response_ends_at_once():
                      b"Connection: close\r\n\r\n")
         data = read_until_closed(sock)
         assert data.count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_connection_close_from_a_bare_handler_ends_the_connection_sent_once():
+    def handler(request):
+        return CustomResponder(201, {"Connection": "close", "Content-Type": "text/plain"},
+                               b"made")
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        sock = raw_connect(server)
+        sock.sendall(b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                     b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert head.lower().count(b"\r\nconnection:") == 1 and b"Connection: close" in head
+        assert body == b"made"  # the pipelined GET got no answer: the connection closed
+
+
+def test_bare_header_values_may_be_str_bytes_like_or_int_and_bodies_bytes_like():
+    """CESR-style headers: an int Content-Length and a bytearray value go out as those exact
+    bytes; bodies and streamed items may be bytearray or memoryview."""
+    attachment = bytearray(b"-AAB\xe9AAA")  # latin-1 byte 0xe9 kept as it is
+
+    def handler(request):
+        headers = {"Content-Type": b"application/cesr", "Content-Length": 5,
+                   "CESR-ATTACHMENT": attachment, "X-Count": memoryview(b"7")}
+        if request.path == "/stream":
+            def items():
+                yield bytearray()
+                yield bytearray(b"str")
+                yield memoryview(b"eam")
+            return CustomResponder(200, [("X-Kind", b"stream")], items())
+        return CustomResponder(200, headers, bytearray(b"hello"))
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        sock = raw_connect(server)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /stream HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = read_until_closed(sock)
+        assert b"\r\nContent-Type: application/cesr\r\n" in data
+        assert b"\r\nContent-Length: 5\r\n" in data and b"\r\nX-Count: 7\r\n" in data
+        assert b"\r\nCESR-ATTACHMENT: -AAB\xe9AAA\r\n" in data
+        assert b"bytearray" not in data
+        assert b"\r\n\r\nhello" in data
+        assert data.endswith(b"3\r\nstr\r\n3\r\neam\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("headers, body, complaint", [
+    ({"X-Bad": 1.5}, b"", "X-Bad value must be str, bytes-like or int, not float"),
+    ({"X-Bad": None}, b"", "X-Bad value must be str, bytes-like or int, not NoneType"),
+    ({}, "text", "body must be bytes-like or an iterable of bytes-like items, not str"),
+    ({}, iter(["text"]), "the response body yielded str, not a bytes-like object"),
+])
+def test_bare_header_or_body_of_another_type_is_a_500_with_a_clear_log(caplog, headers, body,
+                                                                        complaint):
+    def handler(request):
+        if request.path == "/good":
+            return CustomResponder(200, body=b"fine")
+        return CustomResponder(200, headers, body)
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        with caplog.at_level(logging.ERROR, logger="hio_http"):
+            assert requests.get(server.url + "/bad", timeout=5).status_code == 500
+        assert requests.get(server.url + "/good", timeout=5).text == "fine"
+    assert complaint in caplog.text

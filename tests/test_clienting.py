@@ -713,6 +713,23 @@ def test_our_server_in_a_thread_with_tls(certificate):
         lax.close()
 
 
+def test_server_name_is_what_the_certificate_is_checked_against(certificate):
+    """Connecting to an address while checking the certificate for a name (hio's certedhost)."""
+    trusted = ssl.create_default_context(cafile=certificate[0])
+    with serve_in_thread(echo_app, ssl_context=server_context(certificate)) as server:
+        named = Client(server.url, tls_context=trusted, server_name="localhost")
+        response = named.get("/named")
+        named.run_until(response, timeout=5)
+        assert response.status == 200
+        named.close()
+        wrong = Client(server.url, tls_context=trusted, server_name="elsewhere.example")
+        refused = wrong.get("/named")
+        wrong.run_until(refused, timeout=5)
+        assert isinstance(refused.error, ConnectError)
+        assert isinstance(refused.error.__cause__, ssl.SSLCertVerificationError)
+        wrong.close()
+
+
 # -- failures: each lands on its response, the loop runs on ----------------------------------------
 
 def test_refused_connection():
@@ -888,6 +905,46 @@ def test_invalid_requests_raise_at_once():
         client.get("http://elsewhere.example/")
     with pytest.raises(ValueError):
         Client("ftp://127.0.0.1/")
+    client.close()
+
+
+def test_header_values_str_bytes_like_or_int_go_out_as_those_bytes():
+    """CESR-style headers: an int Content-Length matching the body, a bytearray attachment
+    sent byte for byte (never as the text "bytearray(b'...')"), memoryview and str."""
+    heads = []
+
+    def handle(conn, index):
+        head, rest = read_requests(conn, 1)
+        while len(rest) < 5:
+            rest += conn.recv(65536)
+        heads.append(head[0] + b"\r\n\r\n" + rest)
+        conn.sendall(reply(b"ok"))
+
+    with raw_server(handle) as port:
+        client = Client(f"http://127.0.0.1:{port}")
+        response = client.post("/", body=bytearray(b"{\"a\"}"), headers={
+            "Content-Type": b"application/cesr+json", "Content-Length": 5,
+            "CESR-ATTACHMENT": bytearray(b"-AAB\xe9AAA"), "X-View": memoryview(b"v"),
+            "X-Text": "t"})
+        client.run_until(response, timeout=5)
+        assert response.ok
+        client.close()
+    wire = heads[0]
+    assert b"\r\nContent-Type: application/cesr+json\r\n" in wire
+    assert b"\r\nCESR-ATTACHMENT: -AAB\xe9AAA\r\n" in wire
+    assert b"\r\nX-View: v\r\nX-Text: t\r\n" in wire
+    assert wire.count(b"Content-Length") == 1 and b"\r\nContent-Length: 5\r\n" in wire
+    assert wire.endswith(b'\r\n\r\n{"a"}') and b"bytearray" not in wire
+
+
+@pytest.mark.parametrize("value", [None, 1.5, True, ["a"], object()])
+def test_header_value_of_another_type_is_a_type_error_from_request(value):
+    client = Client("http://127.0.0.1:1")
+    with pytest.raises(TypeError, match="value must be str, bytes-like or int"):
+        client.get("/", headers={"X-Odd": value})
+    with pytest.raises(TypeError, match="value must be str, bytes-like or int"):
+        Client("http://127.0.0.1:1", headers=[("X-Odd", value)])
+    assert not client.queue
     client.close()
 
 

@@ -88,6 +88,27 @@ def test_limit_ceases_unfinished_doers():
     assert doist.tyme == 1.0
 
 
+@pytest.mark.parametrize("where", ["init", "do"])
+@pytest.mark.parametrize("limit", [None, 0, 0.0])
+def test_no_limit_runs_until_every_doer_is_done(limit, where):
+    """None and 0 both mean "no limit", as in hio: the doers run to their own end."""
+    log = []
+    finite = Recorder("finite", log, turns=20)
+    doist = Doist(tock=0.25, doers=[finite], limit=limit if where == "init" else None)
+    doist.do(limit=limit if where == "do" else None)
+    assert contexts(log, "finite") == ["enter"] + ["recur"] * 20 + ["clean", "exit"]
+    assert doist.done is True
+    assert doist.limit is None
+
+
+@pytest.mark.parametrize("limit", [-1, -0.5, float("nan")])
+def test_negative_limit_is_refused(limit):
+    with pytest.raises(ValueError, match="limit"):
+        Doist(tock=0.25, limit=limit)
+    with pytest.raises(ValueError, match="limit"):
+        Doist(tock=0.25).do(doers=[], limit=limit)
+
+
 def test_exception_aborts_that_doer_and_exits_all_others():
     log = []
     bad = Recorder("bad", log, fail_at=2)

@@ -165,16 +165,87 @@ def test_long_body_is_cut_at_content_length(serve):
     assert data.endswith(b"\r\n\r\nabcd")
 
 
-def test_hop_by_hop_header_from_app_is_refused(serve, caplog):
+def test_connection_close_from_app_ends_the_connection_and_is_sent_once(serve):
+    """An app's `Connection: close` is honoured, not refused: its response is whole, the header
+    appears once, and a request pipelined behind it is not answered on this connection."""
     def app(environ, start_response):
-        start_response("200 OK", [("Connection", "keep-alive"), ("Content-Length", "2")])
-        return [b"no"]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Connection", "close"),
+                                  ("Content-Length", "4")])
+        return [b"done"]
+
+    server = serve(app, validate=False)
+    sock = raw_connect(server)
+    sock.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                 b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head.lower().count(b"\r\nconnection:") == 1
+    assert b"\r\nConnection: close" in head
+    assert body == b"done"  # nothing after it: the pipelined GET was not answered
+    assert is_closed(sock)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("Keep-Alive", "timeout=5"), ("Proxy-Connection", "keep-alive"), ("TE", "trailers"),
+    ("Trailer", "X-Sum"), ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"),
+    ("Connection", "keep-alive"),
+])
+def test_other_hop_by_hop_headers_from_app_are_dropped_with_one_warning(serve, caplog,
+                                                                       monkeypatch, name, value):
+    """The server frames the body and keeps the connection: the app's field is dropped, the
+    response is served as usual on a connection that stays open, and the drop is logged once."""
+    from hio_http import responding
+    monkeypatch.setattr(responding, "_warned_hop_by_hop", set())  # as in a fresh process
+
+    def app(environ, start_response):
+        start_response("200 OK", [(name, value), ("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(app, validate=False)
+    connection = http.client.HTTPConnection(*server.address[:2], timeout=5)
+    with caplog.at_level(logging.WARNING, logger="hio_http"):
+        for _ in range(3):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b"ok")
+            assert response.getheader(name) is None or name == "Connection"
+            assert response.getheader("Connection") in (None, "keep-alive")
+            assert not response.will_close
+    connection.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and f"hop-by-hop header {name!r}" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_body_items_may_be_any_bytes_like_object(serve):
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(memoryview(b"w"))
+
+        def body():
+            yield bytearray(b"")  # "not yet", as b"" is
+            yield bytearray(b"a")
+            yield memoryview(b"bc")
+            yield b"d"
+        return body()
+
+    server = serve(app, validate=False)
+    response = requests.get(server.url, timeout=5)
+    assert (response.status_code, response.content) == (200, b"wabcd")
+
+
+@pytest.mark.parametrize("item", ["text", 42, None])
+def test_body_item_that_is_not_bytes_like_is_a_500_with_a_clear_log(serve, caplog, item):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [item]
 
     server = serve(app, validate=False)
     with caplog.at_level(logging.ERROR, logger="hio_http"):
-        response = requests.get(server.url, timeout=5)
-    assert response.status_code == 500
-    assert "hop-by-hop header 'Connection'" in caplog.text
+        assert requests.get(server.url, timeout=5).status_code == 500
+        assert requests.get(server.url, timeout=5).status_code == 500
+    assert f"the app yielded {type(item).__name__}, not a bytes-like object" in caplog.text
 
 
 @pytest.mark.parametrize("bad, complaint", [
