@@ -331,6 +331,8 @@ class Steward:
             request.keep_alive = False
         if responder is not None and responder.connection is None:
             responder.attach(self.connection, request, self.server.server_header)
+        if responder is not None:
+            responder.use_compression(self.server.compression, self.settings.compress)
         return responder
 
     def _finish_response(self) -> bool:
@@ -450,6 +452,7 @@ class BaseServer:
         # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler)
         self.websockets: dict = dict(websockets or {})
         self.limits = self.settings.limits()
+        self.compression = self.settings.compression()  # applied when `compress` is on
         self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
                               if self.settings.server_header else b"")
         if steward is not None:
