@@ -206,6 +206,11 @@ class Inflater:
     def pending(self) -> bool:
         return bool(self._input)
 
+    @property
+    def buffered(self) -> int:
+        """Compressed bytes fed and not yet inflated."""
+        return len(self._input)
+
     def feed(self, data: bytes) -> None:
         self._input = self._input + data if self._input else bytes(data)
 
