@@ -791,6 +791,14 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.origin}{self.prefix}>"
 
+    @property
+    def unsent(self) -> int:
+        """Bytes of requests waiting in the client's send buffer (at most about `high_water`
+        for a streamed body: the socket, not memory, holds the rest back)."""
+        session = self._session
+        link = session.link if session is not None else None
+        return link.pending if link is not None and not link.closed else 0
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def open(self) -> "Client":
