@@ -13,7 +13,7 @@ import collections
 import io
 import os
 import stat
-from typing import Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from .client_parsing import ClientError, ProtocolError
 from .compression import DecodeError, Inflater
@@ -49,9 +49,9 @@ class RequestBody:
         self.whole: Optional[bytes] = None  # the body, when it was given as bytes
         self.length: Optional[int] = None
         self.started = False  # a byte (or a "not yet") has been asked of the source
-        self._file = None
+        self._file: Any = None
         self._start = 0  # where the file was positioned: a resend starts there again
-        self._iterator = None
+        self._iterator: Any = None
         self._source = source
         if source is None:
             source = b""
@@ -157,17 +157,20 @@ class BodyWriter:
             if not piece:
                 return False
             moved += len(piece)
-            connection.send(self._frame(piece))
+            for part in self._frame(piece):
+                connection.send(part)
         return False
 
-    def _frame(self, piece: bytes) -> bytes:
+    def _frame(self, piece: bytes) -> tuple:
+        """The piece with its framing, as parts sent one after another: joining them would
+        copy every byte of the body once more."""
         self.sent += len(piece)
         length = self.body.length
         if self.body.chunked:
-            return b"%x\r\n%b\r\n" % (len(piece), piece)
+            return (b"%x\r\n" % len(piece), piece, b"\r\n")
         if length is not None and self.sent > length:
             raise BodyError(f"the request body ran past its length of {length} bytes")
-        return piece
+        return (piece,)
 
     def _end(self) -> bytes:
         body = self.body
@@ -262,6 +265,7 @@ class ResponseStream:
 
     def _give(self, piece: bytes) -> None:
         self.delivered += len(piece)
+        assert self.on_data is not None
         try:
             self.on_data(piece)
         except Exception as ex:  # the consumer's fault ends this response, not the loop
@@ -270,12 +274,14 @@ class ResponseStream:
             raise error from ex
 
     def _inflate(self, limit: int) -> bytes:
+        assert self.inflater is not None
         try:
             return self.inflater.read(limit)
         except DecodeError as ex:
             raise ProtocolError(str(ex)) from None
 
     def _check_end(self) -> None:
+        assert self.inflater is not None
         try:
             self.inflater.end()
         except DecodeError as ex:
