@@ -53,7 +53,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
 from .compression import DECODABLE, DecodeError, Inflater
 from .doing import Doer
-from .net import Connection
+from .net import RECEIVE_SIZE, Connection
 from .polling import READ, WRITE, Poller, join_loop, leave_loop
 
 if TYPE_CHECKING:
@@ -454,6 +454,8 @@ class _Session:
                 self._connect_failed(ConnectError(f"TLS setup failed: {ex}"), ex)
                 return
         self.link = _Link(sock, self._peer, self.poller, self)
+        # A streamed body is held at most one receive past high_water: keep receives near it.
+        self.link.receive_size = max(16 * 1024, min(RECEIVE_SIZE, self.client.high_water))
         if context is not None:
             self.link.start_handshake()
         else:

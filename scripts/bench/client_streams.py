@@ -205,7 +205,7 @@ def concurrent_downloads(url: str, count: int, size: int, high_water: int) -> di
     return {"connections": count, "each_mib": size / MIB, "completed": count - len(failed),
             "all_bytes": all(t == size for t in taken), "seconds": round(elapsed, 2),
             "rss_growth_mib": round((top - base) / MIB, 1),
-            "bound_mib": round(count * (high_water + 256 * 1024) / MIB, 1),
+            "bound_mib": round(count * 2 * high_water / MIB, 1),  # mark + one receive
             "largest_buffer_kib": largest_buffer // 1024}
 
 
