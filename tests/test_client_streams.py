@@ -574,7 +574,7 @@ def test_benchmark_script_runs_small(tmp_path):
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "client_streams.py"
     out = tmp_path / "result.json"
     subprocess.run([sys.executable, str(script), "--size-mib", "8", "--streams", "20",
-                    "--stream-mib", "0.25", "--wrk-seconds", "1", "--out", str(out)],
+                    "--stream-mib", "0.25", "--wrk-seconds", "1", "--reps", "1", "--out", str(out)],
                    check=True, capture_output=True, timeout=240)
     result = json.loads(out.read_text())
     assert result["concurrent"]["completed"] == 20 and result["concurrent"]["all_bytes"]
