@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 from .client_parsing import ClientError, ProtocolError
 from .compression import DecodeError, Inflater
 
-__all__ = ["RequestBody", "ResponseStream", "BodyError", "Source"]
+__all__ = ["RequestBody", "ResponseStream", "BodyError", "FileTarget", "Source"]
 
 Source = Union[bytes, bytearray, memoryview, str, Iterable, io.IOBase, None]
 
@@ -286,6 +286,33 @@ class ResponseStream:
             self.inflater.end()
         except DecodeError as ex:
             raise ProtocolError(str(ex)) from None
+
+
+class FileTarget:
+    """Where a download goes: `path + ".part"` while it arrives, renamed to `path` once it
+    is complete and wanted, removed otherwise, so a half-written file never has the name."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.partial = self.path + ".part"
+        self.file = open(self.partial, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def settle(self, keep: bool) -> None:
+        self.file.close()
+        if keep:
+            os.replace(self.partial, self.path)
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        self.file.close()
+        try:
+            os.unlink(self.partial)
+        except FileNotFoundError:
+            pass
 
 
 def _file_span(file) -> tuple[Optional[int], int]:

@@ -20,9 +20,13 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # up to `max_pipeline` requests, never behind a non-idempotent request or one that waits for
 # 100 Continue (RFC 9112 §9.3.2). When a connection closes with exchanges in flight, those that
 # saw no byte of their response and are idempotent go back to the front of the queue (at most
-# MAX_ATTEMPTS sends); the others fail with ConnectionLost, because the server may have acted on
-# them. Every exchange has a deadline [timeout]; one that passes in flight also closes its
+# MAX_ATTEMPTS sends) if their body can be sent again (an iterable already begun cannot); the
+# others fail with ConnectionLost, because the server may have acted on them. Every exchange has a deadline [timeout]; one that passes in flight also closes its
 # connection, since the responses behind it can no longer be told apart.
+# A streamed request body (client_bodies.RequestBody) goes out after its head, pulled while
+# the link's send buffer is under `high_water`: on `drained()`, and on each turn after the
+# source said "not yet"; nothing is sent behind it until it is complete. A streamed response
+# (ResponseStream) pauses the link's reading while its consumer leaves `high_water` untaken.
 # Socket work runs in Poller callbacks, so a response is handled the moment its bytes arrive;
 # `service()`, once a turn, checks deadlines and (with a Poller of its own) polls it.
 # An EventStream has a session of its own, since its response never ends; when it does end, or
@@ -47,7 +51,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
-from .client_bodies import BodyError, BodyWriter, RequestBody, ResponseStream, Source
+from .client_bodies import (BodyError, BodyWriter, FileTarget, RequestBody, ResponseStream,
+                           Source)
 from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
                              ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
@@ -64,7 +69,7 @@ logger = logging.getLogger("hio_http.client")
 __all__ = ["Client", "ClientDoer", "Response", "EventStream", "Event", "ResponseParser",
            "EventParser", "Interim", "Head", "Data", "End", "ClientError", "ConnectError",
            "ClientTimeout", "ConnectTimeout", "ProtocolError", "ConnectionLost",
-           "TooManyRedirects"]
+           "TooManyRedirects", "BodyError"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
@@ -923,25 +928,13 @@ class Client:
         removed; a file object is left open. Returns the streamed Response."""
         if hasattr(destination, "write"):
             return self.request("GET", path, on_data=destination.write, **kwa)
-        final = os.fspath(destination)
-        partial = final + ".part"
-        file = open(partial, "wb")
-
-        def settle(response: Response) -> None:
-            file.close()
-            if response.error is None and response.status is not None and (
-                    200 <= response.status < 300):
-                os.replace(partial, final)
-            else:
-                os.unlink(partial)
-
+        target = FileTarget(destination)
         try:
-            response = self.request("GET", path, on_data=file.write, **kwa)
+            response = self.request("GET", path, on_data=target.write, **kwa)
         except BaseException:
-            file.close()
-            os.unlink(partial)
+            target.discard()
             raise
-        response.when_done(settle)
+        response.when_done(lambda done: target.settle(done.ok and 200 <= done.status < 300))
         return response
 
     def events(self, path: str, last_event_id: Optional[str] = None, headers: Headers = None,

@@ -78,7 +78,6 @@ class Settings:
                       max_header_count=self.max_header_count, max_body=self.max_body,
                       spill_threshold=self.spill_threshold)
 
-
     def compression(self) -> Compression:
         """The response compression policy these settings describe (raises ValueError)."""
         return Compression(min_size=self.compress_min_size, level=self.compress_level)
