@@ -62,7 +62,8 @@ class Settings:
                                     "clients that accept it")
     compress_min_size: int = setting(1024, "responses known to be smaller than this are not "
                                            "compressed")
-    compress_level: int = setting(6, "gzip level, 1 (fastest) to 9 (smallest)")
+    compress_level: int = setting(1, "gzip level, 1 (fastest; nearly as small for "
+                                        "typical answers) to 9 (smallest)")
     ws_max_message: int = setting(1 << 20, "largest WebSocket message, reassembled and "
                                            "decompressed (bigger: close 1009)")
     ws_max_queue: int = setting(1 << 20, "bytes that may wait unsent to a WebSocket client "
