@@ -648,6 +648,7 @@ class _Session:
         longer be matched to their requests, so the connection closes too."""
         if exchange in self.in_flight:
             self.in_flight.remove(exchange)
+        exchange.body.close()  # a generator's cleanup runs now, not whenever it is collected
         exchange.response._fail(error)
         self.close()
 

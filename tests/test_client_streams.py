@@ -388,11 +388,19 @@ def big_app(size, piece=32 * 1024):
     return app
 
 
-def test_streamed_download_with_a_slow_consumer_stays_bounded():
+@pytest.mark.parametrize("serving", ["hio_http", "waitress"])
+def test_streamed_download_with_a_slow_consumer_stays_bounded(serving):
+    """hio_http sends no length here (chunked); waitress sends one (Content-Length)."""
     size = 16 * 1024 * 1024
     high_water = 64 * 1024
-    with serve_in_thread(big_app(size)) as server:
-        client = Client(server.url, high_water=high_water)
+    app = big_app(size)
+    if serving == "waitress":
+        def app(environ, start_response, inner=big_app(size)):
+            return inner(environ, lambda status, headers: start_response(
+                status, headers + [("Content-Length", str(size))]))
+    context = serve_in_thread(app) if serving == "hio_http" else waitress_server(app)
+    with context as server:
+        client = Client(getattr(server, "url", server), high_water=high_water)
         response = client.get("/big", stream=True)
         digest = hashlib.sha256()
         taken = [0]
@@ -416,6 +424,26 @@ def test_streamed_download_with_a_slow_consumer_stays_bounded():
     assert response.body == b""  # nothing gathered
     # Reading paused at the mark: at most one receive (no larger than the mark) past it.
     assert largest[0] <= 2 * high_water
+
+
+def test_stream_timeout_counts_from_the_last_progress():
+    """A body that keeps moving outlives the timeout; one that stalls does not."""
+    def trickle(pieces, every):
+        for _ in range(pieces):
+            due = time.monotonic() + every
+            while time.monotonic() < due:
+                yield b""  # not yet: the client asks again on a later turn
+            yield b"t" * 100
+
+    with serve_in_thread(upload_app) as server:
+        client = Client(server.url, timeout=0.5)
+        moving = client.post("/up", body=trickle(8, 0.15))
+        wait(client, moving)
+        stalled = client.post("/up", body=trickle(1, 60))
+        wait(client, stalled)
+        client.close()
+    assert moving.error is None and moving.json()["size"] == 800
+    assert type(stalled.error).__name__ == "ClientTimeout"
 
 
 def test_on_data_and_trailers_of_a_streamed_response():
