@@ -87,6 +87,12 @@ class RequestBody:
         """Sent piece by piece after the head, rather than with it."""
         return self.whole is None or bool(self.trailers)
 
+    @property
+    def replayable(self) -> bool:
+        """Can be sent again: bytes, a file of known length, or a source not yet begun."""
+        return (self.whole is not None or not self.started
+                or (self._file is not None and self.length is not None))
+
     def rewind(self) -> bool:
         """Make the body ready to be sent again; False when it cannot be (an iterable already
         begun, a pipe)."""

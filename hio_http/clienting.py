@@ -223,6 +223,7 @@ class Response:
             self._chunks.append(data)
 
     def _inflate(self, limit: int) -> bytes:
+        assert self._inflater is not None
         try:
             return self._inflater.read(limit)
         except DecodeError as ex:
@@ -587,7 +588,7 @@ class _Session:
             self.link.send(exchange.wire_head())
             self._start_upload(exchange)
         else:
-            self.link.send(exchange.wire_head() + body.whole)
+            self.link.send(exchange.wire_head() + (body.whole or b""))
 
     def _send_body(self) -> None:
         exchange, self.continuing = self.continuing, None
@@ -595,7 +596,7 @@ class _Session:
             if exchange.body.streamed:
                 self._start_upload(exchange)
             else:
-                self.link.send(exchange.body.whole)
+                self.link.send(exchange.body.whole or b"")
         if self.uploading is None:
             self.owner.session_ready(self)  # the pipeline may move again
 
@@ -608,18 +609,19 @@ class _Session:
         """Send more of a streamed body while the socket takes it (never more than the
         high-water mark waits in our buffer); the rest on `drained()` or the next turn."""
         exchange, link = self.uploading, self.link
-        if exchange is None or link is None or link.closed:
+        if exchange is None or exchange.writer is None or link is None or link.closed:
             return
+        writer = exchange.writer
         high_water = self.client.high_water
-        before = exchange.writer.sent
+        before = writer.sent
         try:
-            finished = exchange.writer.write(link, high_water, high_water * UPLOAD_BUDGET)
+            finished = writer.write(link, high_water, high_water * UPLOAD_BUDGET)
         except BodyError as ex:
             self.uploading = None
             exchange.body.close()
             self.abandon(exchange, ex)  # half a body: the connection cannot be reused
             return
-        if exchange.writer.sent != before:
+        if writer.sent != before:
             exchange.progressed(self.client.clock())
         if finished and self.uploading is exchange:
             self.uploading = None
@@ -654,7 +656,7 @@ class _Session:
         if self.in_flight:
             self.in_flight[0].progressed(self.client.clock())
         link.resume_reading()
-        if link.tls and link.sock.pending():  # decrypted already: the selector cannot tell
+        if link.tls and link.sock.pending():  # type: ignore[attr-defined]  # decrypted, unseen
             link._ready(READ)
 
     def abandon(self, exchange: _Exchange, error: ClientError) -> None:
@@ -693,7 +695,7 @@ class _Session:
                     exchange.answered = True
                     self._stop_upload(exchange)
                     exchange.discarding = (exchange.response._stream is not None
-                                           and self.client.follows(event))
+                                           and self.client.follows(exchange, event))
                     exchange.response._begin(event, self.client.decompress)
                     if exchange.on_head is not None:
                         exchange.on_head(event)
@@ -908,10 +910,10 @@ class Client:
                 fields.append(("Content-Type", "application/json"))
         if self.decompress and not any(name.lower() == "accept-encoding" for name, _ in fields):
             fields.append(("Accept-Encoding", "gzip, deflate"))
-        body = RequestBody(body, trailers)
+        content = RequestBody(body, trailers)
         if expect_continue is None:
-            expect_continue = body.length is None or body.length > self.continue_threshold
-        if expect_continue and not body.empty and not any(
+            expect_continue = content.length is None or content.length > self.continue_threshold
+        if expect_continue and not content.empty and not any(
                 name.lower() == "expect" for name, _ in fields):
             fields.append(("Expect", "100-continue"))
         target = self._target(path)
@@ -919,9 +921,9 @@ class Client:
         if stream or on_data is not None:
             response._stream = ResponseStream(self.high_water, on_data)
         limit = self.timeout if timeout is ... else timeout
-        exchange = _Exchange(method, target, self._fields(fields, method, body), body,
+        exchange = _Exchange(method, target, self._fields(fields, method, content), content,
                              response, self._deadline(limit))
-        if stream or on_data is not None or body.streamed:
+        if stream or on_data is not None or content.streamed:
             exchange.idle_timeout = limit
         if self.closed:
             response._fail(ConnectionLost("the client is closed"))
@@ -949,7 +951,8 @@ class Client:
         except BaseException:
             target.discard()
             raise
-        response.when_done(lambda done: target.settle(done.ok and 200 <= done.status < 300))
+        response.when_done(lambda done: target.settle(done.ok and (done.status or 0) >= 200
+                                                      and (done.status or 0) < 300))
         return response
 
     def events(self, path: str, last_event_id: Optional[str] = None, headers: Headers = None,
@@ -1038,10 +1041,16 @@ class Client:
             return
         response._complete(end.trailers)
 
-    def follows(self, head: Head) -> bool:
-        """Whether a response with this head is a redirect the client will follow."""
-        return (self.max_redirects > 0 and head.status in REDIRECTS
-                and any(name.lower() == "location" for name, _ in head.headers))
+    def follows(self, exchange: _Exchange, head: Head) -> bool:
+        """Whether a response with this head is a redirect the client will follow (so a
+        streamed response's body can be dropped rather than handed to its consumer)."""
+        location = next((value for name, value in head.headers if name.lower() == "location"),
+                        None)
+        if self.max_redirects <= 0 or head.status not in REDIRECTS or not location:
+            return False
+        if self._same_origin(urljoin(exchange.response.url, location)) is None:
+            return False
+        return _becomes_get(head.status, exchange.method) or exchange.body.replayable
 
     def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
         if session is self._session:
@@ -1112,23 +1121,15 @@ class Client:
     def _redirect(self, exchange: _Exchange, location: str) -> bool:
         response = exchange.response
         url = urljoin(response.url, location)
-        parts = urlsplit(url)
-        try:
-            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
-        except ValueError:
-            return False
-        if (parts.scheme, (parts.hostname or "").lower(), port) != (
-                self.scheme, self.host.lower(), self.port):
+        parts = self._same_origin(url)
+        if parts is None:
             return False  # another origin: left to the caller
         if exchange.redirects >= self.max_redirects:
             response._finish(response.trailers, TooManyRedirects(
                 f"more than {self.max_redirects} redirects (last to {url})"))
             return True
         method, body = exchange.method, exchange.body
-        # RFC 9110 §15.4: 303 is fetched with GET; a POST moved by 301/302 becomes GET too,
-        # as every browser does. 307 and 308 repeat the method and body.
-        if (response.status == 303 and method != "HEAD") or (
-                response.status in (301, 302) and method == "POST"):
+        if _becomes_get(response.status, method):
             method, body = "GET", RequestBody(b"")
         elif not body.rewind():
             return False  # a streamed body cannot be sent twice: the caller gets the 3xx
@@ -1147,6 +1148,18 @@ class Client:
         self.queue.appendleft(follow)
         self._pump()
         return True
+
+    def _same_origin(self, url: str):
+        """The parts of `url` if it is on this client's origin, else None."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return None
+        if (parts.scheme, (parts.hostname or "").lower(), port) != (
+                self.scheme, self.host.lower(), self.port):
+            return None
+        return parts
 
     def _target(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -1203,6 +1216,12 @@ class Client:
     def _timeout_error(self, exchange: _Exchange) -> ClientTimeout:
         return ClientTimeout(f"{exchange.method} {exchange.target}: no complete response "
                              f"within the timeout")
+
+
+def _becomes_get(status: Optional[int], method: str) -> bool:
+    """RFC 9110 §15.4: 303 is fetched with GET; a POST moved by 301/302 becomes GET too, as
+    every browser does. 307 and 308 repeat the method and body."""
+    return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
 
 
 def _due(exchange: _Exchange, now: float) -> bool:

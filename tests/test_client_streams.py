@@ -608,3 +608,28 @@ def test_benchmark_script_runs_small(tmp_path):
     assert result["concurrent"]["completed"] == 20 and result["concurrent"]["all_bytes"]
     for name in ("hio_upload", "hio_download", "urllib3_upload", "urllib3_download"):
         assert result[name]["mib_per_s"] > 0
+
+
+def test_a_followed_redirect_does_not_reach_the_stream():
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/old":
+            start_response("302 Found", [("Location", "/new"), ("Content-Type", "text/plain")])
+            return [b"this body is not the answer"]
+        if environ["PATH_INFO"] == "/away":
+            start_response("302 Found", [("Location", "http://192.0.2.1/elsewhere"),
+                                         ("Content-Type", "text/plain")])
+            return [b"left to the caller"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"the answer"]
+
+    with serve_in_thread(app) as server:
+        client = Client(server.url, max_redirects=3)
+        pieces = []
+        followed = client.get("/old", on_data=pieces.append)
+        wait(client, followed)
+        away = client.get("/away", stream=True)
+        wait(client, away)
+        client.close()
+    assert followed.status == 200 and b"".join(pieces) == b"the answer"
+    assert len(followed.history) == 1
+    assert away.status == 302 and away.take() == b"left to the caller" and away.error is None
