@@ -336,3 +336,21 @@ def test_static_files_are_compressed_on_the_fly_but_not_ranges(site):
     assert ranged.status_code == 206 and ranged.content == b"body { col"
     assert "Content-Encoding" not in ranged.headers
     assert again.status_code == 304  # the weak tag still validates
+
+
+def test_a_compressed_upload_reaches_the_app_as_it_came():
+    """The server inflates no request body, so a gzip bomb sent to it is only its own size."""
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)
+
+    def app(environ, start_response):
+        data = environ["wsgi.input"].read()
+        body = b"%d %s" % (len(data), environ.get("HTTP_CONTENT_ENCODING", "").encode())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    with serve_in_thread(app, compress=True) as server:
+        client = Client(server.url)
+        response = client.post("/up", body=bomb, headers={"Content-Encoding": "gzip"})
+        client.run_until(response, timeout=10)
+        client.close()
+    assert response.body == b"%d gzip" % len(bomb) and len(bomb) < 1024 * 1024
