@@ -20,9 +20,13 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # up to `max_pipeline` requests, never behind a non-idempotent request or one that waits for
 # 100 Continue (RFC 9112 §9.3.2). When a connection closes with exchanges in flight, those that
 # saw no byte of their response and are idempotent go back to the front of the queue (at most
-# MAX_ATTEMPTS sends); the others fail with ConnectionLost, because the server may have acted on
-# them. Every exchange has a deadline [timeout]; one that passes in flight also closes its
+# MAX_ATTEMPTS sends) if their body can be sent again (an iterable already begun cannot); the
+# others fail with ConnectionLost, because the server may have acted on them. Every exchange has a deadline [timeout]; one that passes in flight also closes its
 # connection, since the responses behind it can no longer be told apart.
+# A streamed request body (client_bodies.RequestBody) goes out after its head, pulled while
+# the link's send buffer is under `high_water`: on `drained()`, and on each turn after the
+# source said "not yet"; nothing is sent behind it until it is complete. A streamed response
+# (ResponseStream) pauses the link's reading while its consumer leaves `high_water` untaken.
 # Socket work runs in Poller callbacks, so a response is handled the moment its bytes arrive;
 # `service()`, once a turn, checks deadlines and (with a Poller of its own) polls it.
 # An EventStream has a session of its own, since its response never ends; when it does end, or
@@ -47,12 +51,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
+from .client_bodies import (BodyError, BodyWriter, FileTarget, RequestBody, ResponseStream,
+                           Source)
 from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
                              ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
+from .compression import DECODABLE, DecodeError, Inflater
 from .doing import Doer
-from .net import Connection
-from .polling import WRITE, Poller, join_loop, leave_loop
+from .net import RECEIVE_SIZE, Connection
+from .polling import READ, WRITE, Poller, join_loop, leave_loop
 from .responding import header_text  # one rule for header values, requests and responses
 
 if TYPE_CHECKING:
@@ -63,12 +70,15 @@ logger = logging.getLogger("hio_http.client")
 __all__ = ["Client", "ClientDoer", "Response", "EventStream", "Event", "ResponseParser",
            "EventParser", "Interim", "Head", "Data", "End", "ClientError", "ConnectError",
            "ClientTimeout", "ConnectTimeout", "ProtocolError", "ConnectionLost",
-           "TooManyRedirects"]
+           "TooManyRedirects", "BodyError"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that closed under it
 CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
+CONTINUE_THRESHOLD = 1024 * 1024  # larger bodies (and those of unknown length) ask first
+READS_PER_WAKE = 8  # receives in a row while each fills its buffer, before polling again
+UPLOAD_BUDGET = 16  # high-water marks of body one turn may send, so other work gets its turn
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 HeaderValue = Union[str, bytes, bytearray, memoryview, int]
@@ -83,6 +93,11 @@ class Response:
     ClientError that ended it. `headers` is the ordered list of (name, value) as sent (strings
     decoded as latin-1); `header(name)` finds one case-insensitively. After followed redirects
     `history` holds the earlier responses and `url` the final address.
+
+    A body sent with Content-Encoding gzip or deflate is decoded as it arrives (`headers` still
+    say how it came). A streamed response (`request(..., stream=True)`) gathers nothing:
+    `take()` returns what has arrived (b"" when nothing new), and reading pauses while
+    `buffered` is at the client's high-water mark.
     """
 
     def __init__(self, method: str, url: str):
@@ -98,6 +113,10 @@ class Response:
         self.history: list = []
         self._chunks: list = []
         self._size = 0
+        self._stream: Optional[ResponseStream] = None  # set for stream=True
+        self._inflater: Optional[Inflater] = None  # a gathered body's content coding
+        self._done_callbacks: list = []
+        self._resume: Optional[Callable[[], None]] = None  # reading paused for a full stream
 
     def __repr__(self) -> str:
         state = (f"error={self.error!r}" if self.error else
@@ -141,6 +160,38 @@ class Response:
                 return value
         return default
 
+    @property
+    def streamed(self) -> bool:
+        return self._stream is not None
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes held for the consumer of a streamed response (0 for a gathered one)."""
+        return self._stream.buffered if self._stream is not None else 0
+
+    def take(self) -> bytes:
+        """A streamed body's bytes that arrived since the last take (decoded), or b"". Once
+        `done` and take() returns b"", the body is over. Taking lets reading resume."""
+        stream = self._stream
+        if stream is None:
+            raise ValueError("take() is for streamed responses: request(..., stream=True)")
+        try:
+            data = stream.take()
+        except ClientError as ex:
+            self._fail(ex)
+            return b""
+        if self._resume is not None and not stream.full:
+            resume, self._resume = self._resume, None
+            resume()
+        return data
+
+    def when_done(self, callback: Callable[["Response"], None]) -> None:
+        """Call `callback(response)` once it is done (at once if it already is)."""
+        if self.done:
+            callback(self)
+        else:
+            self._done_callbacks.append(callback)
+
     def raise_for_error(self) -> "Response":
         """Raise `error` if the response failed (for code outside the loop); else return self."""
         if self.error is not None:
@@ -149,15 +200,49 @@ class Response:
 
     # -- filled in by the client ----------------------------------------------------------------
 
-    def _begin(self, head: Head) -> None:
+    def _begin(self, head: Head, decode: bool) -> None:
         self.status, self.reason, self.version = head.status, head.reason, head.version
         self.headers = head.headers
+        coding = (self.header("content-encoding") or "").strip().lower()
+        if decode and coding in DECODABLE and self.method != "HEAD" and head.status != 304:
+            if self._stream is not None:
+                self._stream.decode(coding)
+            else:
+                self._inflater = Inflater(coding)
 
     def _receive(self, data: bytes, limit: int) -> None:
+        if self._stream is not None:
+            self._stream.feed(data)
+            return
+        if self._inflater is not None:  # inflate no more than the limit allows, plus one
+            self._inflater.feed(data)
+            data = self._inflate(limit - self._size + 1)
         self._size += len(data)
         if self._size > limit:
-            raise ProtocolError(f"response body larger than max_body ({limit} bytes)")
-        self._chunks.append(data)
+            raise ProtocolError(f"response body larger than max_body ({limit} bytes)"
+                                + (" once decoded" if self._inflater is not None else ""))
+        if data:
+            self._chunks.append(data)
+
+    def _inflate(self, limit: int) -> bytes:
+        assert self._inflater is not None
+        try:
+            return self._inflater.read(limit)
+        except DecodeError as ex:
+            raise ProtocolError(str(ex)) from None
+
+    def _complete(self, trailers: list) -> None:
+        """The last byte arrived: check a coded body's end, then finish."""
+        try:
+            if self._stream is not None:
+                self._stream.end()
+            elif self._inflater is not None:
+                self._inflater.end()
+        except (ClientError, DecodeError) as ex:
+            error = ex if isinstance(ex, ClientError) else ProtocolError(str(ex))
+            self._finish(trailers, error)
+            return
+        self._finish(trailers)
 
     def _finish(self, trailers: list, error: Optional[ClientError] = None) -> None:
         if self.done:
@@ -165,6 +250,13 @@ class Response:
         self.trailers = trailers
         self.error = error
         self.done = True
+        self._resume = None
+        callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("error in a done callback of %r", self)
 
     def _fail(self, error: ClientError) -> None:
         self._finish(self.trailers, error)
@@ -179,33 +271,52 @@ class Response:
         self.method, self.url = method, url
         self.status, self.reason, self.version = None, "", None
         self.headers, self.trailers, self._chunks, self._size = [], [], [], 0
+        self._inflater = None
+        if self._stream is not None:
+            self._stream = ResponseStream(self._stream.high_water, self._stream.on_data)
 
 
 class _Exchange:
     """A request on its way, and the Response it fills."""
 
     __slots__ = ("method", "target", "headers", "body", "response", "deadline", "attempts",
-                 "answered", "expect_continue", "redirects", "sink", "on_head")
+                 "answered", "expect_continue", "redirects", "sink", "on_head", "writer",
+                 "idle_timeout", "discarding")
 
-    def __init__(self, method: str, target: str, headers: list, body: bytes,
-                 response: Response, deadline: Optional[float]):
+    def __init__(self, method: str, target: str, headers: list,
+                 body: Union[RequestBody, bytes], response: Response, deadline: Optional[float]):
         self.method = method
         self.target = target
         self.headers = headers  # every field to send, Host and Content-Length included
-        self.body = body
+        self.body = body if isinstance(body, RequestBody) else RequestBody(body)
         self.response = response
         self.deadline = deadline
         self.attempts = 0  # times sent
         self.answered = False  # a byte of the final response arrived: never resent
         self.expect_continue = any(name.lower() == "expect" and value.lower() == "100-continue"
-                                   for name, value in headers) and bool(body)
+                                   for name, value in headers) and not self.body.empty
         self.redirects = 0
         self.sink: Optional[Callable[[bytes], None]] = None  # where body bytes go, if not kept
         self.on_head: Optional[Callable[[Head], None]] = None
+        self.writer: Optional[BodyWriter] = None  # while a streamed body goes out
+        # For streamed bodies the timeout counts from the last progress, not from the start:
+        # a gigabyte may take longer than any fixed limit, a stall may not.
+        self.idle_timeout: Optional[float] = None
+        self.discarding = False  # the body of a redirect that will be followed
+
+    def progressed(self, now: float) -> None:
+        if self.idle_timeout is not None:
+            self.deadline = now + self.idle_timeout
 
     @property
     def idempotent(self) -> bool:
         return self.method in IDEMPOTENT
+
+    @property
+    def pipelinable(self) -> bool:
+        """May go behind other requests, or have others behind it, on one connection."""
+        return (self.idempotent and not self.expect_continue and self.method != "HEAD"
+                and not self.body.streamed)
 
     def wire_head(self) -> bytes:
         lines = [f"{self.method} {self.target} HTTP/1.1"]
@@ -220,7 +331,19 @@ class _Link(Connection):
 
     def __init__(self, sock, peer, poller, handler):
         self.error: Optional[BaseException] = None
+        self.full = False  # the last receive filled its buffer (the session says so)
         super().__init__(sock, peer, poller, handler)
+
+    def _receive(self) -> None:
+        """A receive that filled its buffer means more is probably waiting: read on, a few
+        times, before going back to the poller (a download then costs fewer wake-ups)."""
+        if self.tls:
+            super()._receive()
+            return
+        for _ in range(READS_PER_WAKE):
+            self.full = False
+            if not self._receive_once() or not self.reading or not self.full:
+                return
 
     def start_handshake(self) -> None:
         """The client speaks first in TLS: send the ClientHello now rather than on readiness."""
@@ -263,6 +386,8 @@ class _Session:
         self.closing = False  # nothing more goes out; closes after the last response
         self.continuing: Optional[_Exchange] = None  # head sent, body held for 100 Continue
         self.continue_deadline = 0.0
+        self.uploading: Optional[_Exchange] = None  # its streamed body is going out
+        self.paused = False  # reading stopped: a streamed response's consumer is behind
         self.deadline = client.clock() + client.connect_timeout
         self._sock: Optional[socket.socket] = None
         self._addresses: list = []
@@ -303,6 +428,8 @@ class _Session:
                     f"{self.client.connect_timeout} s"), None)
         elif self.continuing is not None and now >= self.continue_deadline:
             self._send_body()  # RFC 9110 §10.1.1: the client need not wait forever
+        elif self.uploading is not None:
+            self._upload()  # the body said "not yet", or used its share of the last turn
 
     def _connect_next(self) -> None:
         while self._addresses:
@@ -348,6 +475,8 @@ class _Session:
                 self._connect_failed(ConnectError(f"TLS setup failed: {ex}"), ex)
                 return
         self.link = _Link(sock, self._peer, self.poller, self)
+        # A streamed body is held at most one receive past high_water: keep receives near it.
+        self.link.receive_size = max(16 * 1024, min(RECEIVE_SIZE, self.client.high_water))
         if context is not None:
             self.link.start_handshake()
         else:
@@ -391,6 +520,7 @@ class _Session:
             logger.info("unsolicited bytes from %s; closing the connection", self.client.origin)
             self.link.close()
             return
+        self.link.full = len(data) >= self.link.receive_size
         self.parser.feed(data)
         self._take_events()
 
@@ -401,7 +531,8 @@ class _Session:
             self.link.close()
 
     def drained(self) -> None:
-        pass
+        if self.uploading is not None:
+            self._upload()
 
     def closed(self) -> None:
         if self.state == "closed":
@@ -412,6 +543,7 @@ class _Session:
                 f"TLS handshake with {self.client.origin} failed: {cause}"), cause)
             return
         self.state = "closed"
+        self.continuing = self.uploading = None
         unanswered = list(self.in_flight)
         self.in_flight.clear()
         cause = self.link.error if self.link is not None else None
@@ -425,7 +557,8 @@ class _Session:
     # -- requests out, responses in -----------------------------------------------------------
 
     def can_send(self, exchange: _Exchange) -> bool:
-        if self.state != "ready" or self.closing or self.continuing is not None:
+        if (self.state != "ready" or self.closing or self.continuing is not None
+                or self.uploading is not None):
             return False
         in_flight = self.in_flight
         if not in_flight:
@@ -434,11 +567,12 @@ class _Session:
             return False
         # RFC 9112 §9.3.2: nothing is pipelined after a non-idempotent request, and a
         # non-idempotent one waits for an empty pipeline, so a closing connection can only
-        # cost it when it was the first in line. The same holds for 100-continue.
-        # HEAD goes alone too: see ResponseParser._step.
-        if not exchange.idempotent or exchange.expect_continue or exchange.method == "HEAD":
+        # cost it when it was the first in line. The same holds for 100-continue and for a
+        # streamed body (which may not be sendable twice). HEAD goes alone too: see
+        # ResponseParser._step.
+        if not exchange.pipelinable:
             return False
-        return all(sent.idempotent and sent.method != "HEAD" for sent in in_flight)
+        return all(sent.pipelinable for sent in in_flight)
 
     def send(self, exchange: _Exchange) -> None:
         exchange.attempts += 1
@@ -447,24 +581,92 @@ class _Session:
         if any(name.lower() == "connection" and "close" in _tokens(value)
                for name, value in exchange.headers):
             self.closing = True
+        body = exchange.body
         if exchange.expect_continue:
             self.continuing = exchange
-            self.continue_deadline = self.client.clock() + CONTINUE_WAIT
+            self.continue_deadline = self.client.clock() + self.client.continue_timeout
             self.link.send(exchange.wire_head())
+        elif body.streamed:
+            self.link.send(exchange.wire_head())
+            self._start_upload(exchange)
         else:
-            self.link.send(exchange.wire_head() + exchange.body)
+            self.link.send(exchange.wire_head() + (body.whole or b""))
 
     def _send_body(self) -> None:
         exchange, self.continuing = self.continuing, None
         if exchange is not None and self.link is not None and not self.link.closed:
-            self.link.send(exchange.body)
-        self.owner.session_ready(self)  # the pipeline may move again
+            if exchange.body.streamed:
+                self._start_upload(exchange)
+            else:
+                self.link.send(exchange.body.whole or b"")
+        if self.uploading is None:
+            self.owner.session_ready(self)  # the pipeline may move again
+
+    def _start_upload(self, exchange: _Exchange) -> None:
+        exchange.writer = BodyWriter(exchange.body)
+        self.uploading = exchange
+        self._upload()
+
+    def _upload(self) -> None:
+        """Send more of a streamed body while the socket takes it (never more than the
+        high-water mark waits in our buffer); the rest on `drained()` or the next turn."""
+        exchange, link = self.uploading, self.link
+        if exchange is None or exchange.writer is None or link is None or link.closed:
+            return
+        writer = exchange.writer
+        high_water = self.client.high_water
+        before = writer.sent
+        try:
+            finished = writer.write(link, high_water, high_water * UPLOAD_BUDGET)
+        except BodyError as ex:
+            self.uploading = None
+            exchange.body.close()
+            self.abandon(exchange, ex)  # half a body: the connection cannot be reused
+            return
+        if writer.sent != before:
+            exchange.progressed(self.client.clock())
+        if finished and self.uploading is exchange:
+            self.uploading = None
+            self.owner.session_ready(self)
+
+    def _stop_upload(self, exchange: _Exchange) -> None:
+        """A final answer came before the whole body went out: send no more of it; the
+        server will not read the rest as a body, so the connection ends with this response."""
+        if exchange is self.continuing:
+            self.continuing = None
+            self.closing = True
+        if exchange is self.uploading:
+            self.uploading = None
+            exchange.body.close()
+            self.closing = True
+
+    def _pause_for(self, response: Response) -> None:
+        """A streamed body's consumer is behind: stop reading until it takes some (TCP then
+        holds the server back)."""
+        if not self.paused and self.link is not None and not self.link.closed:
+            self.paused = True
+            self.link.pause_reading()
+            response._resume = self._resume_reading
+
+    def _resume_reading(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        link = self.link
+        if link is None or link.closed:
+            return
+        if self.in_flight:
+            self.in_flight[0].progressed(self.client.clock())
+        link.resume_reading()
+        if link.tls and link.sock.pending():  # type: ignore[attr-defined]  # decrypted, unseen
+            link._ready(READ)
 
     def abandon(self, exchange: _Exchange, error: ClientError) -> None:
         """Fail an exchange in flight (its deadline passed): the responses behind it can no
         longer be matched to their requests, so the connection closes too."""
         if exchange in self.in_flight:
             self.in_flight.remove(exchange)
+        exchange.body.close()  # a generator's cleanup runs now, not whenever it is collected
         exchange.response._fail(error)
         self.close()
 
@@ -483,22 +685,25 @@ class _Session:
                 if event is None:
                     return
                 if isinstance(event, Data):
+                    response = exchange.response
                     if exchange.sink is not None:
                         exchange.sink(event.data)
-                    else:
-                        exchange.response._receive(event.data, self.client.max_body)
+                    elif not exchange.discarding:
+                        response._receive(event.data, self.client.max_body)
+                        exchange.progressed(self.client.clock())
+                        if response._stream is not None and response._stream.full:
+                            self._pause_for(response)
                 elif isinstance(event, Head):
                     exchange.answered = True
-                    if exchange is self.continuing:
-                        # A final answer before we sent the body: the server will not read
-                        # it as a body, so this connection cannot carry another request.
-                        self.continuing = None
-                        self.closing = True
-                    exchange.response._begin(event)
+                    self._stop_upload(exchange)
+                    exchange.discarding = (exchange.response._stream is not None
+                                           and self.client.follows(exchange, event))
+                    exchange.response._begin(event, self.client.decompress)
                     if exchange.on_head is not None:
                         exchange.on_head(event)
                 elif isinstance(event, End):
                     self.in_flight.popleft()
+                    self._resume_reading()
                     if event.keep_alive and exchange.response.version == "1.1":
                         self.persistent = True
                     else:
@@ -537,6 +742,12 @@ class Client:
     poller: the Poller to register sockets with (ClientDoer uses its Doist's); else the client
         keeps one and polls it in `service()`.
     clock: seconds for deadlines (ClientDoer uses the Doist's tymth); default time.monotonic.
+    max_body: the largest gathered response body, counted decoded; streamed ones have no limit.
+    high_water: bytes a streamed upload may leave unsent, and a streamed response may hold
+        untaken, before the client stops pulling the body or reading the socket.
+    decompress: ask for gzip / deflate (`Accept-Encoding`) and decode responses that use them.
+    continue_threshold / continue_timeout: bodies larger than this (or of unknown length) are
+        sent with `Expect: 100-continue`, after the 100 or after the timeout (seconds).
     """
 
     def __init__(self, base_url: Optional[str] = None, *, host: str = "127.0.0.1",
@@ -546,7 +757,10 @@ class Client:
                  clock: Optional[Callable[[], float]] = None, headers: Headers = None,
                  max_pipeline: int = 8, max_body: int = 64 * 1024 * 1024,
                  max_header_bytes: int = 65536, max_header_count: int = 100,
-                 user_agent: Optional[str] = "hio_http", server_name: Optional[str] = None):
+                 user_agent: Optional[str] = "hio_http", server_name: Optional[str] = None,
+                 high_water: int = 256 * 1024, decompress: bool = True,
+                 continue_threshold: int = CONTINUE_THRESHOLD,
+                 continue_timeout: float = CONTINUE_WAIT):
         prefix = ""
         if base_url is not None:
             parts = urlsplit(base_url)
@@ -586,6 +800,12 @@ class Client:
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
+        if high_water < 1:
+            raise ValueError("high_water must be positive")
+        self.high_water = high_water
+        self.decompress = decompress
+        self.continue_threshold = continue_threshold
+        self.continue_timeout = continue_timeout
         self.default_headers = _header_list(headers)
         if user_agent and not any(n.lower() == "user-agent" for n, _ in self.default_headers):
             self.default_headers.append(("User-Agent", user_agent))
@@ -599,6 +819,14 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.origin}{self.prefix}>"
+
+    @property
+    def unsent(self) -> int:
+        """Bytes of requests waiting in the client's send buffer (at most about `high_water`
+        for a streamed body: the socket, not memory, holds the rest back)."""
+        session = self._session
+        link = session.link if session is not None else None
+        return link.pending if link is not None and not link.closed else 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -658,16 +886,25 @@ class Client:
     # -- requests -----------------------------------------------------------------------------
 
     def request(self, method: str, path: str = "/", headers: Headers = None,
-                body: Union[bytes, bytearray, memoryview, str] = b"", *, json: Any = None,
-                timeout: Optional[float] = ...) -> Response:
+                body: Source = b"", *, json: Any = None, timeout: Optional[float] = ...,
+                trailers: Iterable[tuple[str, str]] = (), expect_continue: Optional[bool] = None,
+                stream: bool = False,
+                on_data: Optional[Callable[[bytes], None]] = None) -> Response:
         """Queue a request and return its Response at once; it fills in as bytes arrive.
 
         `path` is the request target below the base URL ("/items?page=2"), or an absolute URL
-        of the same origin. `json` sends a value as JSON. `timeout` overrides the client's for
-        this response. Header values are str, bytes-like (sent as those exact bytes) or int; a
-        Content-Length, if given, must match the body. Invalid arguments raise here: a value of
-        another type TypeError, a header with CR or LF (say) ValueError; anything that goes
-        wrong on the network later lands on `response.error`.
+        of the same origin. `json` sends a value as JSON. `body` is bytes (or str, sent as
+        UTF-8), an iterable of bytes-like chunks (b"": "not yet, ask again later") or a binary
+        file; a known length is sent as Content-Length, an unknown one chunked, and `trailers`
+        follow a chunked body. The body is pulled only while the socket takes it.
+        `expect_continue` sends `Expect: 100-continue` and holds the body until the 100 (None:
+        for bodies over `continue_threshold` or of unknown length). `stream=True` gathers no
+        body: take it with `response.take()`, or have each piece passed to `on_data`.
+        `timeout` overrides the client's for this response (for a streamed body, it is the
+        longest time without progress). Header values are str, bytes-like (sent as those exact
+        bytes) or int; a Content-Length, if given, must match the body. Invalid arguments raise
+        here: a value of another type TypeError, a header with CR or LF (say) ValueError;
+        anything that goes wrong on the network later lands on `response.error`.
         """
         method = method.upper()
         if not _is_token(method):
@@ -677,14 +914,23 @@ class Client:
             body = json_codec.dumps(json, separators=(",", ":")).encode("utf-8")
             if not any(name.lower() == "content-type" for name, _ in fields):
                 fields.append(("Content-Type", "application/json"))
-        elif isinstance(body, str):
-            body = body.encode("utf-8")
-        body = bytes(body)
+        if self.decompress and not any(name.lower() == "accept-encoding" for name, _ in fields):
+            fields.append(("Accept-Encoding", "gzip, deflate"))
+        content = RequestBody(body, trailers)
+        if expect_continue is None:
+            expect_continue = content.length is None or content.length > self.continue_threshold
+        if expect_continue and not content.empty and not any(
+                name.lower() == "expect" for name, _ in fields):
+            fields.append(("Expect", "100-continue"))
         target = self._target(path)
         response = Response(method, self.origin + target)
-        deadline = self._deadline(self.timeout if timeout is ... else timeout)
-        exchange = _Exchange(method, target, self._fields(fields, method, body), body,
-                             response, deadline)
+        if stream or on_data is not None:
+            response._stream = ResponseStream(self.high_water, on_data)
+        limit = self.timeout if timeout is ... else timeout
+        exchange = _Exchange(method, target, self._fields(fields, method, content), content,
+                             response, self._deadline(limit))
+        if stream or on_data is not None or content.streamed:
+            exchange.idle_timeout = limit
         if self.closed:
             response._fail(ConnectionLost("the client is closed"))
             return response
@@ -697,6 +943,23 @@ class Client:
 
     def post(self, path: str = "/", **kwa) -> Response:
         return self.request("POST", path, **kwa)
+
+    def download(self, path: str, destination, **kwa) -> Response:
+        """GET `path` straight into `destination`, a file path or a binary file, as it
+        arrives (never held whole; memory stays under `high_water`). A path is written to
+        `destination + ".part"` and renamed once the response is complete and 2xx, else
+        removed; a file object is left open. Returns the streamed Response."""
+        if hasattr(destination, "write"):
+            return self.request("GET", path, on_data=destination.write, **kwa)
+        target = FileTarget(destination)
+        try:
+            response = self.request("GET", path, on_data=target.write, **kwa)
+        except BaseException:
+            target.discard()
+            raise
+        response.when_done(lambda done: target.settle(done.ok and (done.status or 0) >= 200
+                                                      and (done.status or 0) < 300))
+        return response
 
     def events(self, path: str, last_event_id: Optional[str] = None, headers: Headers = None,
                retry: int = 3000, idle_timeout: Optional[float] = None,
@@ -778,7 +1041,22 @@ class Client:
         if response.status in REDIRECTS and location and self.max_redirects > 0:
             if self._redirect(exchange, location):
                 return
-        response._finish(end.trailers)
+        if exchange.discarding:  # the redirect was not followed after all
+            response._finish(end.trailers, ProtocolError(
+                f"redirect to {location!r} not followed; its body was discarded"))
+            return
+        response._complete(end.trailers)
+
+    def follows(self, exchange: _Exchange, head: Head) -> bool:
+        """Whether a response with this head is a redirect the client will follow (so a
+        streamed response's body can be dropped rather than handed to its consumer)."""
+        location = next((value for name, value in head.headers if name.lower() == "location"),
+                        None)
+        if self.max_redirects <= 0 or head.status not in REDIRECTS or not location:
+            return False
+        if self._same_origin(urljoin(exchange.response.url, location)) is None:
+            return False
+        return _becomes_get(head.status, exchange.method) or exchange.body.replayable
 
     def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
         if session is self._session:
@@ -829,6 +1107,11 @@ class Client:
                 continue
             if exchange.answered:
                 exchange.response._fail(error)
+            elif not exchange.body.rewind():
+                failure = ConnectionLost(f"{error}; the request body was partly sent and "
+                                         f"cannot be sent again")
+                failure.__cause__ = error.__cause__
+                exchange.response._fail(failure)
             elif not exchange.idempotent:
                 failure = ConnectionLost(f"{error}; {exchange.method} is not retried because it "
                                          f"is not idempotent")
@@ -844,37 +1127,45 @@ class Client:
     def _redirect(self, exchange: _Exchange, location: str) -> bool:
         response = exchange.response
         url = urljoin(response.url, location)
-        parts = urlsplit(url)
-        try:
-            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
-        except ValueError:
-            return False
-        if (parts.scheme, (parts.hostname or "").lower(), port) != (
-                self.scheme, self.host.lower(), self.port):
+        parts = self._same_origin(url)
+        if parts is None:
             return False  # another origin: left to the caller
         if exchange.redirects >= self.max_redirects:
             response._finish(response.trailers, TooManyRedirects(
                 f"more than {self.max_redirects} redirects (last to {url})"))
             return True
         method, body = exchange.method, exchange.body
-        # RFC 9110 §15.4: 303 is fetched with GET; a POST moved by 301/302 becomes GET too,
-        # as every browser does. 307 and 308 repeat the method and body.
-        if (response.status == 303 and method != "HEAD") or (
-                response.status in (301, 302) and method == "POST"):
-            method, body = "GET", b""
-        dropped = ("content-length",) if body == exchange.body else ("content-length",
-                                                                     "content-type")
+        if _becomes_get(response.status, method):
+            method, body = "GET", RequestBody(b"")
+        elif not body.rewind():
+            return False  # a streamed body cannot be sent twice: the caller gets the 3xx
+        dropped = (("content-length", "transfer-encoding", "trailer") if body is exchange.body
+                   else ("content-length", "transfer-encoding", "trailer", "content-type",
+                         "expect"))
         fields = self._fields([(name, value) for name, value in exchange.headers
                                if name.lower() not in dropped], method, body)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         follow = _Exchange(method, target, fields, body, response, exchange.deadline)
+        follow.idle_timeout = exchange.idle_timeout
         follow.redirects = exchange.redirects + 1
         response._restart(self.origin + target, method)
         self.queue.appendleft(follow)
         self._pump()
         return True
+
+    def _same_origin(self, url: str):
+        """The parts of `url` if it is on this client's origin, else None."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return None
+        if (parts.scheme, (parts.hostname or "").lower(), port) != (
+                self.scheme, self.host.lower(), self.port):
+            return None
+        return parts
 
     def _target(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -892,25 +1183,34 @@ class Client:
             raise ValueError(f"request target {target!r} must be percent-encoded")
         return target
 
-    def _fields(self, fields: list, method: str, body: bytes) -> list:
-        """Every header field to send: Host first, then the caller's, then Content-Length."""
+    def _fields(self, fields: list, method: str, body: Union[RequestBody, bytes]) -> list:
+        """Every header field to send: Host first, then the caller's, then the framing:
+        Content-Length, or Transfer-Encoding: chunked (with Trailer naming the trailers)."""
+        if not isinstance(body, RequestBody):
+            body = RequestBody(body)
         result = []
         host = None
         for name, value in fields:
             lowered = name.lower()
-            if lowered == "content-length" and value.strip() == str(len(body)):
+            if (lowered == "content-length" and body.length is not None
+                    and value.strip() == str(body.length)):
                 continue  # what the client would send anyway
             if lowered in ("content-length", "transfer-encoding"):
-                raise ValueError(f"{name} is set by the client from the body "
-                                 f"({len(body)} bytes), not {value!r}")
+                size = "of unknown length" if body.length is None else f"{body.length} bytes"
+                raise ValueError(f"{name} is set by the client from the body ({size}), "
+                                 f"not {value!r}")
             if lowered == "host":
                 host = value
                 continue
             result.append((name, value))
         result.insert(0, ("Host", host or self.authority))
-        if body or method in ("POST", "PUT", "PATCH"):
-            result.append(("Content-Length", str(len(body))))
-        for name, value in result:
+        if body.chunked:
+            result.append(("Transfer-Encoding", "chunked"))
+            if body.trailers:
+                result.append(("Trailer", ", ".join(name for name, _ in body.trailers)))
+        elif not body.empty or method in ("POST", "PUT", "PATCH"):
+            result.append(("Content-Length", str(body.length)))
+        for name, value in result + body.trailers:
             if not _is_token(name):
                 raise ValueError(f"invalid header name {name!r}")
             if any(c in value for c in "\r\n\0"):
@@ -927,6 +1227,12 @@ class Client:
     def _timeout_error(self, exchange: _Exchange) -> ClientTimeout:
         return ClientTimeout(f"{exchange.method} {exchange.target}: no complete response "
                              f"within the timeout")
+
+
+def _becomes_get(status: Optional[int], method: str) -> bool:
+    """RFC 9110 §15.4: 303 is fetched with GET; a POST moved by 301/302 becomes GET too, as
+    every browser does. 307 and 308 repeat the method and body."""
+    return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
 
 
 def _due(exchange: _Exchange, now: float) -> bool:

@@ -163,6 +163,8 @@ class Connection:
     TLS sockets (already wrapped, handshake not done) finish their handshake here first.
     """
 
+    receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
+
     def __init__(self, sock: socket.socket, peer, poller: Poller, handler):
         self.sock = sock
         self.peer = peer
@@ -287,7 +289,7 @@ class Connection:
     def _receive_once(self) -> bool:
         """One recv handed to the handler; False when nothing more can be read now."""
         try:
-            data = self.sock.recv(RECEIVE_SIZE)
+            data = self.sock.recv(self.receive_size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except GONE as ex:

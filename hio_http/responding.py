@@ -19,6 +19,7 @@ A responder never blocks and never reads the socket; an app's item of b"" means 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -28,6 +29,8 @@ import time
 from email.utils import formatdate
 from typing import Callable, Iterable, Iterator, Optional
 from urllib.parse import unquote_to_bytes
+
+from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
 
 logger = logging.getLogger("hio_http.server")
 wsgi_logger = logging.getLogger("hio_http.wsgi")
@@ -84,6 +87,11 @@ class BaseResponder:
         self.chunked = False
         self.bodiless = False
         self.closed = False
+        self.compress: Optional[bool] = None  # None: as the server is set; True / False: always
+        self.compression: Optional[Compression] = None  # the policy in force; None: identity
+        self.encoder: Optional[GzipStream] = None  # set once the body is being gzipped
+        self.raw_length: Optional[int] = None  # the app's Content-Length, before gzip
+        self.raw_sent = 0  # body bytes taken from the app, before gzip
         if connection is not None:
             self.attach(connection, request, server_header)
 
@@ -100,6 +108,44 @@ class BaseResponder:
         request = self.request
         return f"{request.method} {request.target}" if request is not None else "a response"
 
+    def use_compression(self, policy: Compression, server_compresses: bool) -> None:
+        """Take the server's policy, unless this responder chose for itself (`compress`).
+        A responder that asks for compression also gets it for text/event-stream."""
+        if self.compress is None:
+            self.compression = policy if server_compresses else None
+        elif self.compress:
+            self.compression = dataclasses.replace(policy, event_streams=True)
+        else:
+            self.compression = None
+
+    def compresses(self, size: Optional[int]) -> bool:
+        """Whether the body (of `size` bytes, if known) would go out gzipped."""
+        if self.compression is None or self.status is None:
+            return False
+        return choose_coding(self.compression, int(self.status[:3]), self.headers,
+                             self._accept_encoding(), size)[1]
+
+    def _accept_encoding(self) -> Optional[str]:
+        header = getattr(self.request, "header", None)
+        return header("accept-encoding") if header is not None else None
+
+    def _negotiate(self, code: int, body: bytes, last: bool) -> bytes:
+        """Choose the content coding as the head goes out; returns the body to frame."""
+        declared = header_value(self.headers, "content-length")
+        size = len(body) if last else (int(declared) if declared else None)
+        varies, compress = choose_coding(self.compression, code, self.headers,
+                                         self._accept_encoding(), size)
+        if not varies:
+            return body
+        self.headers = compressed_headers(self.headers, varies, compress)
+        if not compress:
+            return body
+        if last:  # the whole body at once: one gzip member, framed by its Content-Length
+            return GzipStream.whole(body, self.compression.level)
+        self.encoder = GzipStream(self.compression.level)
+        self.raw_length = size
+        return body
+
     # -- framing ------------------------------------------------------------------------------
 
     def send_head(self, body: bytes = b"", last: bool = False) -> None:
@@ -107,6 +153,8 @@ class BaseResponder:
         code = int(self.status[:3])
         if code < 200 or code in (204, 304):
             self.bodiless = True
+        if self.compression is not None:
+            body = self._negotiate(code, body, last)
         has_date = has_server = False
         lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
         for name, value in self.headers:
@@ -147,6 +195,25 @@ class BaseResponder:
             self.connection.send(self._frame(data))
 
     def _frame(self, data: bytes) -> bytes:
+        if self.encoder is not None:
+            data = self._encode(data)
+        return self._wire(data)
+
+    def _encode(self, data: bytes) -> bytes:
+        """Gzip one item, flushed; the app's own Content-Length still bounds what it sends."""
+        if self.raw_length is not None:
+            room = self.raw_length - self.raw_sent
+            if len(data) > room:
+                logger.error("app sent more than its Content-Length (%d); extra bytes dropped",
+                             self.raw_length)
+                data = data[:room]
+        self.raw_sent += len(data)
+        return self.encoder.compress(data) if data else b""
+
+    def _wire(self, data: bytes) -> bytes:
+        """Frame body bytes as the head announced: as they are, or as one chunk."""
+        if not data:
+            return b""  # an empty chunk would end a chunked body
         if self.length is not None:
             room = self.length - self.sent
             if len(data) > room:  # never send more than declared: it would corrupt the stream
@@ -165,6 +232,15 @@ class BaseResponder:
         """End the body properly, or mark the response broken if it came up short."""
         if self.bodiless:
             return
+        if self.encoder is not None:
+            tail, self.encoder = self.encoder.finish(), None
+            self.connection.send(self._wire(tail))
+            if self.raw_length is not None and self.raw_sent < self.raw_length:
+                logger.error("app sent %d of its Content-Length %d bytes; closing the "
+                             "connection", self.raw_sent, self.raw_length)
+                self.broken = True
+                self.keep_alive = False
+                return
         if self.chunked:
             self.connection.send(b"0\r\n\r\n")
         elif self.length is not None and self.sent < self.length:
@@ -177,6 +253,7 @@ class BaseResponder:
         """A plain-text error response that closes the connection (nothing sent yet)."""
         self.keep_alive = False
         self.bodiless = self.request.method == "HEAD"
+        self.compression = self.encoder = None
         self.status = f"{code} {REASONS.get(code, 'Error')}"
         body = (message or REASONS.get(code, "Error")).encode("utf-8") + b"\n"
         self.headers = [("Content-Type", "text/plain; charset=utf-8"),
@@ -266,7 +343,7 @@ class Responder(BaseResponder):
                 or self.pending_head is False):
             return False
         fd, offset, size = regular_file_span(result.filelike)
-        if fd is None:
+        if fd is None or self.compresses(size):  # gzip needs the bytes: read them in blocks
             return False
         if self.length_header() is None:
             self.headers.append(("Content-Length", str(size)))
@@ -351,11 +428,15 @@ class CustomResponder(BaseResponder):
     """A bare response for a Steward to return: `status` (code or "200 OK"), `headers` (list of
     pairs or a dict; values str, bytes-like or int), and either `body` (bytes-like, or an
     iterable of bytes-like items where b"" means "not yet", for streaming) or `data` (sent as
-    JSON). `Connection: close` ends the connection after this response. The Steward attaches
-    it to its connection."""
+    JSON). `Connection: close` ends the connection after this response. `compress=True` gzips
+    it whenever the client accepts gzip and the type is text-like (event streams included),
+    `False` never; by default the server's `compress` setting decides. The Steward attaches it
+    to its connection."""
 
-    def __init__(self, status=200, headers=None, body=b"", data=None, **kwa):
+    def __init__(self, status=200, headers=None, body=b"", data=None,
+                 compress: Optional[bool] = None, **kwa):
         super().__init__(**kwa)
+        self.compress = compress
         code = int(str(status)[:3])
         self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
         pairs = headers.items() if isinstance(headers, dict) else headers or []
@@ -598,6 +679,9 @@ def build_environ(base: dict, request, root_path: str = "") -> dict:
     environ["RAW_URI"] = environ["REQUEST_URI"] = request.target
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["wsgi.input"] = request.body
+    # PEP 3333 has no place for trailer fields; the body is complete before the app runs, so
+    # they are all here: [(name, value), ...], empty unless a chunked body carried some.
+    environ["hio_http.trailers"] = request.trailers
     for name, value in request.headers:
         lower = name.lower()
         if lower == "content-type":

@@ -401,6 +401,7 @@ class Steward:
             if responder.connection is None:
                 responder.attach(self.connection, request, self.server.server_header)
             responder.high_water = self.settings.high_water
+            responder.use_compression(self.server.compression, self.settings.compress)
         return responder
 
     def _finish_response(self) -> bool:
@@ -526,6 +527,7 @@ class BaseServer:
         # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler)
         self.websockets: dict = dict(websockets or {})
         self.limits = self.settings.limits()
+        self.compression = self.settings.compression()  # applied when `compress` is on
         self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
                               if self.settings.server_header else b"")
         if steward is not None:

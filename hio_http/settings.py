@@ -10,6 +10,7 @@ import dataclasses
 import ssl
 from typing import Any, Optional
 
+from .compression import Compression
 from .requesting import Limits
 
 
@@ -57,6 +58,12 @@ class Settings:
                                cli=False)
     access_log_format: str = setting("combined", 'access log format: "common", "combined" or '
                                                  "a template with {fields}")
+    compress: bool = setting(False, "gzip text, JSON, JavaScript, XML and SVG responses for "
+                                    "clients that accept it")
+    compress_min_size: int = setting(1024, "responses known to be smaller than this are not "
+                                           "compressed")
+    compress_level: int = setting(1, "gzip level, 1 (fastest; nearly as small for "
+                                        "typical answers) to 9 (smallest)")
     ws_max_message: int = setting(1 << 20, "largest WebSocket message, reassembled and "
                                            "decompressed (bigger: close 1009)")
     ws_max_queue: int = setting(1 << 20, "bytes that may wait unsent to a WebSocket client "
@@ -89,6 +96,10 @@ class Settings:
                       max_header_bytes=self.max_header_bytes,
                       max_header_count=self.max_header_count, max_body=self.max_body,
                       spill_threshold=self.spill_threshold)
+
+    def compression(self) -> Compression:
+        """The response compression policy these settings describe (raises ValueError)."""
+        return Compression(min_size=self.compress_min_size, level=self.compress_level)
 
 
 def fields() -> list:

@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import falcon
 
+from .compression import accepted_codings
+
 __all__ = ["StaticSink"]
 
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -36,6 +38,9 @@ COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
 # Separators and NUL hidden by percent-encoding; PATH_INFO arrives already decoded, so they can
 # only be seen in the raw request target.
 ENCODED_SEPARATORS = ("%2f", "%5c", "%00")
+
+# Precompressed siblings, by preference on a tie of q-values: `app.js.br`, then `app.js.gz`.
+SIBLINGS = (("br", ".br"), ("gzip", ".gz"))
 
 BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 OPAQUE_TAG = re.compile(r'(?:W/)?("[^"]*")')
@@ -86,7 +91,14 @@ class StaticSink:
         if not stat.S_ISREG(info.st_mode):
             # Opening a FIFO blocks the whole loop until a writer comes; a device never ends.
             raise falcon.HTTPNotFound()
-        self._serve(req, resp, real, info, os.path.join(self.root, *segments))
+        name = os.path.join(self.root, *segments)
+        varies, coding, sibling = self._precompressed(req, segments, info)
+        if varies:
+            resp.set_header("Vary", "Accept-Encoding")
+        if sibling is not None:
+            real, info = sibling
+            resp.set_header("Content-Encoding", coding)
+        self._serve(req, resp, real, info, name)
 
     # -- the path --------------------------------------------------------------------------
 
@@ -140,6 +152,31 @@ class StaticSink:
             return real, os.stat(real)
         except (OSError, ValueError):
             raise falcon.HTTPNotFound() from None
+
+    def _precompressed(self, req: falcon.Request, segments: list[str],
+                       info: os.stat_result) -> tuple[bool, Optional[str], Optional[tuple]]:
+        """(varies, coding, (real, info)) of a compressed sibling to send instead of the file:
+        `file.js.br` or `file.js.gz`, when the client accepts that coding and the sibling is
+        no older than the file (a stale one would serve old content). `varies` says whether a
+        sibling exists at all, so the answer depends on Accept-Encoding."""
+        if not segments:
+            return False, None, None
+        accepted = accepted_codings(req.get_header("Accept-Encoding"))
+        varies, best, best_quality = False, None, 0.0
+        for coding, suffix in SIBLINGS:
+            try:
+                real, sibling = self._lookup(segments[:-1] + [segments[-1] + suffix])
+            except falcon.HTTPNotFound:
+                continue
+            if not stat.S_ISREG(sibling.st_mode) or sibling.st_mtime_ns < info.st_mtime_ns:
+                continue
+            varies = True
+            quality = accepted.get(coding, accepted.get("*", 0.0))
+            if quality > best_quality:
+                best, best_quality = (coding, (real, sibling)), quality
+        if best is None:
+            return varies, None, None
+        return varies, best[0], best[1]
 
     def _slash_location(self, env: dict) -> str:
         """The directory's URL with its trailing slash, keeping the query string."""

@@ -1,0 +1,635 @@
+"""Client bodies that are never held whole, over real sockets: streamed uploads (chunked with
+trailers, files of known length, b"" pauses, backpressure, 100-continue accepted and refused, no
+silent resend), streamed downloads with a slow consumer, and gzip / deflate decoding bounded
+against bombs; against hio_http, waitress, the standard library's http.server and raw sockets."""
+
+import contextlib
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import socket
+import threading
+import time
+import zlib
+
+import pytest
+
+from hio_http.clienting import Client, ConnectionLost, ProtocolError
+from hio_http.testing import serve_in_thread
+
+waitress = pytest.importorskip("waitress")
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+def upload_app(environ, start_response):
+    """Reads the whole body and answers what it saw: size, digest, framing and trailers."""
+    data = environ["wsgi.input"].read()
+    answer = {"size": len(data), "sha": hashlib.sha256(data).hexdigest(),
+              "length": environ.get("CONTENT_LENGTH"),
+              "chunked": environ.get("HTTP_TRANSFER_ENCODING") == "chunked",
+              "expect": environ.get("HTTP_EXPECT"),
+              "trailers": environ.get("hio_http.trailers")}
+    body = json.dumps(answer).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@contextlib.contextmanager
+def waitress_server(app):
+    server = waitress.create_server(app, host="127.0.0.1", port=0)
+    closing = threading.Event()
+
+    def run():
+        try:
+            server.run()
+        except OSError:
+            if not closing.is_set():
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        closing.set()
+        server.close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def stdlib_server(handler_class):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+class ChunkedHandler(http.server.BaseHTTPRequestHandler):
+    """Decodes a chunked body by hand (http.server does not) and answers what it read; a 413
+    before the body for anything announcing more than 1000 bytes."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle_expect_100(self):
+        if int(self.headers.get("Content-Length") or 0) > 1000:
+            self.send_response(413)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return False
+        return super().handle_expect_100()
+
+    def do_POST(self):
+        trailers = []
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                trailers.append([name.strip(), value.strip()])
+            data = b"".join(parts)
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"size": len(data), "sha": hashlib.sha256(data).hexdigest(),
+                           "trailers": trailers,
+                           "declared": self.headers.get("Trailer")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_PUT = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+class RawServer:
+    """A listening socket answered by `serve(connection)` in a thread, one connection at a
+    time: for servers that misbehave on purpose."""
+
+    def __init__(self, serve):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.serve = serve
+        self.connections = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with connection:
+                connection.settimeout(5)
+                try:
+                    self.serve(connection)
+                except OSError:
+                    pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def read_head(connection):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = connection.recv(65536)
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+def pausing_chunks(pieces, pauses):
+    """Yields each piece after `pauses` b"" ("not yet"); counts the pauses it made."""
+    made = []
+
+    def generate():
+        for piece in pieces:
+            for _ in range(pauses):
+                made.append(1)
+                yield b""
+            yield piece
+    return generate(), made
+
+
+def wait(client, condition, timeout=10.0):
+    client.run_until(condition, timeout=timeout)
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+def test_chunked_upload_with_trailers_seen_by_the_app_and_pauses():
+    pieces = [os.urandom(1000) for _ in range(20)]
+    chunks, pauses = pausing_chunks(pieces, 3)
+    with serve_in_thread(upload_app) as server:
+        client = Client(server.url)
+        response = client.post("/up", body=chunks, trailers=[("X-Checksum", "abc123")])
+        wait(client, response)
+        client.close()
+    assert response.error is None and response.status == 200
+    seen = response.json()
+    assert seen["size"] == 20000 and seen["sha"] == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert seen["chunked"] and seen["length"] == "20000"  # the server counts a chunked body
+    assert seen["trailers"] == [["X-Checksum", "abc123"]]
+    assert len(pauses) == 60  # every "not yet" was asked again until the piece came
+
+
+def test_chunked_upload_with_trailers_to_the_standard_library():
+    pieces = [b"alpha", b"", b"beta", b"", b"", b"gamma"]
+    with stdlib_server(ChunkedHandler) as url:
+        client = Client(url)
+        response = client.post("/up", body=iter(pieces), expect_continue=False,
+                               trailers=[("X-Sum", "7"), ("X-Parts", "3")])
+        wait(client, response)
+        client.close()
+    assert response.error is None, response.error
+    seen = response.json()
+    assert seen["size"] == 14 and seen["trailers"] == [["X-Sum", "7"], ["X-Parts", "3"]]
+    assert seen["declared"] == "X-Sum, X-Parts"
+
+
+def test_file_upload_of_known_length(tmp_path):
+    path = tmp_path / "upload.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path.write_bytes(data)
+    for serving in (lambda: serve_in_thread(upload_app), lambda: waitress_server(upload_app)):
+        with serving() as target, open(path, "rb") as file:
+            url = target if isinstance(target, str) else target.url
+            client = Client(url)
+            response = client.request("PUT", "/file", body=file)
+            wait(client, response)
+            client.close()
+        seen = response.json()
+        assert response.status == 200, response
+        assert seen["length"] == str(len(data)) and not seen["chunked"]
+        assert seen["sha"] == hashlib.sha256(data).hexdigest()
+        assert seen["expect"] == "100-continue"  # above the threshold: the server was asked
+
+
+def test_iterable_upload_to_waitress_is_chunked():
+    with waitress_server(upload_app) as url:
+        client = Client(url)
+        response = client.post("/up", body=(bytes([i]) * 5000 for i in range(50)))
+        wait(client, response)
+        client.close()
+    seen = response.json()  # waitress de-chunks and drops Transfer-Encoding from the environ
+    expected = b"".join(bytes([i]) * 5000 for i in range(50))
+    assert seen["size"] == 250000 and seen["sha"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_upload_pulls_only_what_the_socket_takes():
+    """A server that never reads: the client's buffer stays at its high-water mark and the
+    source is not drained into memory."""
+    pulled = [0]
+    release = threading.Event()
+
+    def endless():
+        while True:
+            pulled[0] += 65536
+            yield b"x" * 65536
+
+    def stall(connection):
+        read_head(connection)
+        release.wait(10)
+
+    with RawServer(stall) as server:
+        client = Client(server.url, high_water=128 * 1024)
+        response = client.post("/sink", body=endless(), expect_continue=False, timeout=30)
+        seen = []
+
+        def settled():
+            seen.append(client.unsent)
+            return len(seen) > 200
+        wait(client, settled)
+        release.set()
+        client.close()
+    assert max(seen) <= 128 * 1024 + 65536 + 16  # one piece past the mark, with its framing
+    assert pulled[0] < 64 * 1024 * 1024  # kernel buffers hold a few MiB; the rest never came
+    assert response.error is not None  # closed without an answer
+
+
+# -- 100-continue -------------------------------------------------------------------------------
+
+def test_expect_continue_accepted_then_the_body_goes():
+    data = os.urandom(2 * 1024 * 1024)
+    with serve_in_thread(upload_app) as server:
+        client = Client(server.url, continue_timeout=30)
+        started = time.monotonic()
+        response = client.post("/up", body=io.BytesIO(data))
+        wait(client, response)
+        client.close()
+    assert response.json()["sha"] == hashlib.sha256(data).hexdigest()
+    assert response.json()["expect"] == "100-continue"
+    assert time.monotonic() - started < 20  # the 100 came; no wait for the 30 s timeout
+
+
+def test_expect_continue_refused_by_hio_http_stops_the_upload():
+    touched = []
+
+    def body():
+        touched.append(1)
+        yield b"y" * 1000
+
+    with serve_in_thread(upload_app, max_body=1000) as server:
+        client = Client(server.url, continue_timeout=30)
+        file = io.BytesIO(b"z" * 5000)
+        refused = client.post("/up", body=file, expect_continue=True)
+        wait(client, refused)
+        assert refused.status == 413 and file.tell() == 0  # not a byte was read
+        other = Client(server.url, continue_timeout=30)
+        chunked = other.post("/up", body=body(), expect_continue=True)
+        wait(other, chunked)
+        client.close()
+        other.close()
+    assert chunked.status == 200 and touched == [1]  # accepted: the body was pulled then
+
+
+def test_expect_continue_refused_by_the_standard_library():
+    file = io.BytesIO(os.urandom(5000))
+    with stdlib_server(ChunkedHandler) as url:
+        client = Client(url, continue_timeout=30)
+        response = client.post("/up", body=file, expect_continue=True)
+        wait(client, response)
+        small = Client(url, continue_timeout=30)
+        accepted = small.post("/up", body=io.BytesIO(b"k" * 800), expect_continue=True)
+        wait(small, accepted)
+        client.close()
+        small.close()
+    assert response.status == 413 and file.tell() == 0
+    assert accepted.status == 200 and accepted.json()["size"] == 800
+
+
+# -- no silent resend ---------------------------------------------------------------------------
+
+def drop_after_some_body(connection):
+    """Reads the head and a little body, then closes without answering."""
+    read_head(connection)
+    connection.recv(1000)
+
+
+def test_a_streamed_body_is_not_resent_after_a_reconnect():
+    def chunks():
+        for _ in range(100):
+            yield b"c" * 10000
+
+    with RawServer(drop_after_some_body) as server:
+        client = Client(server.url)
+        response = client.request("PUT", "/item", body=chunks(), expect_continue=False)
+        wait(client, response)
+        client.close()
+        connections = server.connections
+    assert isinstance(response.error, ConnectionLost)
+    assert "cannot be sent again" in str(response.error)
+    assert connections == 1
+
+
+def test_a_file_body_is_rewound_and_resent():
+    data = os.urandom(200_000)
+    attempts = []
+
+    def serve(connection):
+        attempts.append(1)
+        if len(attempts) == 1:
+            drop_after_some_body(connection)
+            return
+        head = read_head(connection)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += connection.recv(65536)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(digest), digest))
+
+    with RawServer(serve) as server:
+        client = Client(server.url)
+        response = client.request("PUT", "/item", body=io.BytesIO(data), expect_continue=False)
+        wait(client, response)
+        client.close()
+    assert response.error is None and response.body == hashlib.sha256(data).hexdigest().encode()
+    assert len(attempts) == 2
+
+
+# -- streamed downloads -------------------------------------------------------------------------
+
+def big_app(size, piece=32 * 1024):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        block = bytes(range(256)) * (piece // 256)
+        return (block for _ in range(size // piece))
+    return app
+
+
+@pytest.mark.parametrize("serving", ["hio_http", "waitress"])
+def test_streamed_download_with_a_slow_consumer_stays_bounded(serving):
+    """hio_http sends no length here (chunked); waitress sends one (Content-Length)."""
+    size = 16 * 1024 * 1024
+    high_water = 64 * 1024
+    app = big_app(size)
+    if serving == "waitress":
+        def app(environ, start_response, inner=big_app(size)):
+            return inner(environ, lambda status, headers: start_response(
+                status, headers + [("Content-Length", str(size))]))
+    context = serve_in_thread(app) if serving == "hio_http" else waitress_server(app)
+    with context as server:
+        client = Client(getattr(server, "url", server), high_water=high_water)
+        response = client.get("/big", stream=True)
+        digest = hashlib.sha256()
+        taken = [0]
+        largest = [0]
+        turns = [0]
+
+        def consume():
+            largest[0] = max(largest[0], response.buffered)
+            turns[0] += 1
+            if turns[0] % 4 == 0:  # the consumer keeps up with one turn in four
+                data = response.take()
+                digest.update(data)
+                taken[0] += len(data)
+            return response.done and response.buffered == 0
+
+        wait(client, consume, timeout=60)
+        client.close()
+    assert response.error is None and taken[0] == size
+    block = bytes(range(256)) * 128
+    assert digest.hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+    assert response.body == b""  # nothing gathered
+    # Reading paused at the mark: at most one receive (no larger than the mark) past it.
+    assert largest[0] <= 2 * high_water
+
+
+def test_stream_timeout_counts_from_the_last_progress():
+    """A body that keeps moving outlives the timeout; one that stalls does not."""
+    def trickle(pieces, every):
+        for _ in range(pieces):
+            due = time.monotonic() + every
+            while time.monotonic() < due:
+                yield b""  # not yet: the client asks again on a later turn
+            yield b"t" * 100
+
+    with serve_in_thread(upload_app) as server:
+        client = Client(server.url, timeout=0.5)
+        moving = client.post("/up", body=trickle(8, 0.15))
+        wait(client, moving)
+        stalled = client.post("/up", body=trickle(1, 60))
+        wait(client, stalled)
+        client.close()
+    assert moving.error is None and moving.json()["size"] == 800
+    assert type(stalled.error).__name__ == "ClientTimeout"
+
+
+def test_on_data_and_trailers_of_a_streamed_response():
+    def serve(connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                           b"Trailer: X-Digest\r\n\r\n5\r\nhello\r\n6\r\n world\r\n"
+                           b"0\r\nX-Digest: 42\r\n\r\n")
+
+    with RawServer(serve) as server:
+        client = Client(server.url)
+        pieces = []
+        response = client.get("/t", on_data=pieces.append)
+        wait(client, response)
+        client.close()
+    assert b"".join(pieces) == b"hello world" and response.trailers == [("X-Digest", "42")]
+    assert response.body == b""
+
+
+def test_download_to_a_file(tmp_path):
+    size = 2 * 1024 * 1024
+    with serve_in_thread(big_app(size)) as server:
+        client = Client(server.url)
+        target = tmp_path / "download.bin"
+        response = client.download("/big", target)
+        assert (tmp_path / "download.bin.part").exists() and not target.exists()
+        wait(client, response)
+        client.close()
+    assert response.ok and target.stat().st_size == size
+    assert target.read_bytes()[:512] == bytes(range(256)) * 2
+    assert not (tmp_path / "download.bin.part").exists()
+
+
+def test_a_failed_download_leaves_no_file(tmp_path):
+    def serve(connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno\n")
+
+    with RawServer(serve) as server:
+        client = Client(server.url)
+        response = client.download("/missing", tmp_path / "x.bin")
+        wait(client, response)
+        client.close()
+    assert response.status == 404 and list(tmp_path.iterdir()) == []
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+def coded_app(coding, body):
+    if coding == "gzip":
+        data = gzip.compress(body)
+    elif coding == "deflate":
+        data = zlib.compress(body)
+    else:  # raw deflate, as some servers send for "deflate"
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        data = compressor.compress(body) + compressor.flush()
+    label = "gzip" if coding == "gzip" else "deflate"
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"),
+                                  ("Content-Encoding", label),
+                                  ("Content-Length", str(len(data)))])
+        return [data]
+    return app
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
+def test_coded_responses_from_waitress_are_decoded(coding):
+    body = b"a line of text that repeats\n" * 5000
+    with waitress_server(coded_app(coding, body)) as url:
+        client = Client(url)
+        gathered = client.get("/g")
+        wait(client, gathered)
+        streamed = client.get("/s", stream=True)
+        parts = []
+        wait(client, lambda: parts.append(streamed.take()) or (streamed.done and not
+                                                                streamed.buffered))
+        client.close()
+    assert gathered.body == body and gathered.header("content-encoding")
+    assert b"".join(parts) == body and streamed.error is None
+
+
+def test_accept_encoding_is_sent_and_can_be_turned_off():
+    heads = []
+
+    def serve(connection):
+        heads.append(read_head(connection).lower())
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with RawServer(serve) as server:
+        for decompress in (True, False):
+            client = Client(server.url, decompress=decompress)
+            response = client.get("/")
+            wait(client, response)
+            client.close()
+    assert b"accept-encoding: gzip, deflate\r\n" in heads[0]
+    assert b"accept-encoding" not in heads[1]
+
+
+def bomb_server(size):
+    bomb = gzip.compress(b"\0" * size, 9)
+
+    def serve(connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(bomb), bomb))
+    return serve, len(bomb)
+
+
+def test_a_gzip_bomb_stops_at_max_body():
+    serve, _ = bomb_server(200 * 1024 * 1024)
+    with RawServer(serve) as server:
+        client = Client(server.url, max_body=1024 * 1024)
+        response = client.get("/bomb")
+        wait(client, response, timeout=20)
+        client.close()
+    assert isinstance(response.error, ProtocolError)
+    assert "max_body" in str(response.error) and "decoded" in str(response.error)
+    assert len(response.body) <= 1024 * 1024
+
+
+def test_a_streamed_gzip_bomb_is_inflated_only_as_taken():
+    serve, compressed = bomb_server(64 * 1024 * 1024)
+    with RawServer(serve) as server:
+        client = Client(server.url, high_water=64 * 1024)
+        response = client.get("/bomb", stream=True)
+        wait(client, lambda: response.done)
+        held = response.buffered
+        first = response.take()
+        client.close()
+    assert held <= compressed  # still compressed: nothing inflated before it was asked for
+    assert len(first) == 64 * 1024  # one take inflates at most the high-water mark
+
+
+def test_a_truncated_gzip_body_is_an_error():
+    data = gzip.compress(b"complete text " * 1000)[:-12]
+
+    def serve(connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+
+    with RawServer(serve) as server:
+        client = Client(server.url)
+        response = client.get("/cut")
+        wait(client, response)
+        client.close()
+    assert isinstance(response.error, ProtocolError) and "gzip" in str(response.error)
+
+
+def test_benchmark_script_runs_small(tmp_path):
+    """scripts/bench/client_streams.py end to end, tiny: every figure is measured."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "client_streams.py"
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, str(script), "--size-mib", "8", "--streams", "20",
+                    "--stream-mib", "0.25", "--wrk-seconds", "1", "--reps", "1", "--out", str(out)],
+                   check=True, capture_output=True, timeout=240)
+    result = json.loads(out.read_text())
+    assert result["concurrent"]["completed"] == 20 and result["concurrent"]["all_bytes"]
+    for name in ("hio_upload", "hio_download", "urllib3_upload", "urllib3_download"):
+        assert result[name]["mib_per_s"] > 0
+
+
+def test_a_followed_redirect_does_not_reach_the_stream():
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/old":
+            start_response("302 Found", [("Location", "/new"), ("Content-Type", "text/plain")])
+            return [b"this body is not the answer"]
+        if environ["PATH_INFO"] == "/away":
+            start_response("302 Found", [("Location", "http://192.0.2.1/elsewhere"),
+                                         ("Content-Type", "text/plain")])
+            return [b"left to the caller"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"the answer"]
+
+    with serve_in_thread(app) as server:
+        client = Client(server.url, max_redirects=3)
+        pieces = []
+        followed = client.get("/old", on_data=pieces.append)
+        wait(client, followed)
+        away = client.get("/away", stream=True)
+        wait(client, away)
+        client.close()
+    assert followed.status == 200 and b"".join(pieces) == b"the answer"
+    assert len(followed.history) == 1
+    assert away.status == 302 and away.take() == b"left to the caller" and away.error is None
