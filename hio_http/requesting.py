@@ -184,6 +184,7 @@ class Requestant:
         idle = self._phase == _IDLE
         self._remember_head_start(data)
         sections, line_bytes = self._sections, self._line_bytes
+        line_unsure = self._phase == _HEAD and not self._fields  # may end in this feed
         progress = self._progress
         try:
             self._parser.feed_data(data)
@@ -194,7 +195,8 @@ class Requestant:
             self._parser_failed(exc)
             return
         if self._phase == _HEAD or self._phase == _TRAILER:
-            self._count_open_section(len(data), self._sections - sections, idle, line_bytes)
+            self._count_open_section(len(data), self._sections - sections, idle, line_bytes,
+                                     line_unsure)
         elif self._phase == _BODY and self._request is not None and self._request.chunked:
             self._count_chunk_framing(len(data), progress)
 
@@ -379,21 +381,26 @@ class Requestant:
         if self._framing > MAX_CHUNK_LINE:
             raise self._die(RequestError(400, "chunk size line too long"))
 
-    def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int) -> None:
+    def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int,
+                            line_unsure: bool = False) -> None:
         """Bound a head or trailer section still open at the end of a feed.
 
         httptools buffers a field line until the line ends, so the callbacks alone cannot
         see a never-ending one. `_raw_bytes` is a lower bound of the section's size from
         the bytes that certainly belong to it; the request line is left out, being
-        limited on its own.
+        limited on its own. `line_unsure`: the request line may have ended in this feed, so
+        its fixed part (spaces, version, CRLF), counted when the head began, may lie here.
         """
         if begun == 0:  # the whole feed fell inside the section
-            self._raw_bytes += size - (self._line_bytes - line_bytes)
+            line_here = self._line_bytes - line_bytes + (_LINE_OVERHEAD if line_unsure else 0)
+            self._raw_bytes += max(0, size - line_here)
         elif begun == 1 and idle and self._phase == _HEAD:  # it began at the feed's start
             self._raw_bytes = size - self._line_bytes
         else:  # it began mid-feed, at an offset llhttp does not tell: trust the callbacks
             self._raw_bytes = self._field_bytes
-        if self._raw_bytes > self.limits.max_header_bytes:
+        # Less one byte: the feed may end with the CR of the blank line that closes the
+        # section, which a complete section does not count.
+        if self._raw_bytes - 1 > self.limits.max_header_bytes:
             raise self._die(RequestError(431, self._section_message()))
 
     # ---- failures and endings ----

@@ -603,3 +603,21 @@ def test_long_but_bounded_chunk_extensions_are_fine():
         requestant.feed(body[offset:offset + 7])
     request = requestant.requests.popleft()
     assert request.body.read() == b"data" * 200
+
+
+def test_a_request_line_split_after_its_first_byte_does_not_count_toward_the_header_limit():
+    """The fixed part of a request line (spaces, version, CRLF) is counted when the head
+    begins; when the line ends in a later feed, those bytes must not be taken for field bytes
+    there (that gave 431 to a head that fits, depending on how TCP split it)."""
+    fields = (b"Host: h\r\nu.$: 0000\r\nq^R*mQ.: 0000000000\r\nl9EIR2: 000000000000\r\n"
+              b"Content-Length: 0\r\n")
+    head = b"GET /?!0b2% HTTP/1.1\r\n" + fields + b"Expect: 100-continue\r\n\r\n"
+    limits = Limits(max_request_line=24, max_header_bytes=104)
+    whole = Requestant(limits)
+    whole.feed(head)
+    assert len(whole.requests) == 1
+    for cut in range(1, len(head)):
+        split = Requestant(limits)
+        for second in (head[:cut], head[cut:cut + 97], head[cut + 97:]):
+            split.feed(second)
+        assert len(split.requests) == 1, cut
