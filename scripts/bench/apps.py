@@ -1,6 +1,7 @@
 """The WSGI apps every server under test hosts, behind one path dispatcher: `apps:app`.
 
     /hello     plain WSGI, 13-byte body with Content-Length
+    /block     hello after ?ms= (default 20) milliseconds in a blocking call (a database query)
     /json      Falcon, a small JSON object
     /upload    POST sink: reads the whole body, answers with its length
     /download  a 10 MiB file through wsgi.file_wrapper (BENCH_DOWNLOAD_FILE)
@@ -11,6 +12,8 @@ Only the standard library and Falcon are needed, so the module imports under eve
 
 import os
 import threading
+import time
+from urllib.parse import parse_qs
 
 import falcon
 
@@ -22,6 +25,12 @@ def hello(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"),
                               ("Content-Length", str(len(HELLO)))])
     return [HELLO]
+
+
+def block(environ, start_response):
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    time.sleep(float(query.get("ms", ["20"])[0]) / 1000)
+    return hello(environ, start_response)
 
 
 class JsonHello:
@@ -78,7 +87,7 @@ def not_found(environ, start_response):
     return [b"Not Found\n"]
 
 
-ROUTES = {"/hello": hello, "/json": json_app, "/upload": upload, "/download": download}
+ROUTES = {"/hello": hello, "/block": block, "/json": json_app, "/upload": upload, "/download": download}
 
 
 def app(environ, start_response):

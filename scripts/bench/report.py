@@ -88,6 +88,18 @@ def markdown(data: dict) -> str:
                     reason += f" probe failed: {row['probe_error']}"
                 line += f" {_escape(reason.strip()) or '—'} |"
             lines.append(line)
+    rows = table.rows("block_probe")
+    if rows:
+        lines += ["", "## One slow call and everyone else", "",
+                  "One request spends 2 s in the app (`/block?ms=2000`); meanwhile `/hello` is "
+                  "asked 8 times, each on a new connection: how long did they take?", "",
+                  "| server | /hello median ms | /hello max ms | slow call answered |",
+                  "| --- | --- | --- | --- |"]
+        for row in rows:
+            line = table.line(row, [("probe_median_ms", _one), ("probe_max_ms", _one)])
+            if row["status"] == "ok":
+                line += f" {'yes' if row.get('slow_answered') else 'no'} |"
+            lines.append(line)
     rows = table.rows("sse_1k")
     if rows:
         lines += ["", "## 1,000 SSE subscribers, broadcast", "",

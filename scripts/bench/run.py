@@ -39,7 +39,7 @@ DOWNLOAD_BYTES = 10 * MIB
 class Case:
     key: str
     title: str
-    kind: str = "wrk"  # wrk | idle_cpu | idle | sse
+    kind: str = "wrk"  # wrk | idle_cpu | idle | sse | probe
     path: str = "/hello"
     connections: int = 10
     headers: tuple = ()
@@ -51,12 +51,17 @@ class Case:
     fresh: bool = False  # on a newly started server (memory figures unskewed by earlier cases)
 
 
+BLOCKING = ("hio_http", "hio_http threads=4", "waitress-4", "gunicorn-gthread-4", "granian-4")
+
 CASES = [
     Case("hello_c1", "hello keep-alive, c=1", connections=1),
     Case("hello_c10", "hello keep-alive, c=10", connections=10),
     Case("hello_c100", "hello keep-alive, c=100", connections=100),
     Case("close_c10", "hello Connection: close, c=10", headers=("Connection: close",)),
     Case("json_c10", "Falcon JSON keep-alive, c=10", path="/json"),
+    Case("block_c10", "20 ms blocking app, c=10", path="/block?ms=20", only=BLOCKING),
+    Case("block_probe", "/hello on another connection while /block?ms=2000 runs",
+         kind="probe", only=BLOCKING),
     Case("upload", "1 MiB POST upload, c=4", path="/upload", connections=4,
          script="post.lua", transfer=UPLOAD_BYTES),
     Case("download", "10 MiB download (wsgi.file_wrapper), c=4", path="/download",
@@ -65,7 +70,7 @@ CASES = [
     Case("idle_1k", "1,000 idle keep-alive connections", kind="idle", count=1000,
          fresh=True),
     Case("sse_1k", "1,000 SSE subscribers, broadcast", kind="sse", count=1000,
-         only=("hio_http",), fresh=True),
+         only=("hio_http", "hio_http threads=4"), fresh=True),
     Case("idle_10k", "10,000 idle keep-alive connections", kind="idle", count=10000,
          fresh=True),
 ]
@@ -149,7 +154,8 @@ class Bench:
         for spec in specs:
             try:
                 bins[spec.name] = servers.ensure_venv(spec, self.venvs, self.logs, progress,
-                                                      self.args.hio_http_python)
+                                                      self.args.hio_http_python,
+                                                      baseline=self.args.baseline)
                 version = subprocess.run(
                     [str(bins[spec.name] / "python"), "-c",
                      "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
@@ -250,6 +256,8 @@ class Bench:
             self.run_idle_case(spec, case, leader, port)
         elif case.kind == "sse":
             self.run_sse_case(spec, case, leader, port, udp_port)
+        elif case.kind == "probe":
+            self.run_probe_case(spec, case, port)
 
     def run_wrk_case(self, spec, case: Case, leader: int, port: int) -> None:
         url = f"http://127.0.0.1:{port}{case.path}"
@@ -387,6 +395,29 @@ class Bench:
                  + f", {cpu:.2f} % CPU, probe "
                  + (f"{probe_ms:.1f} ms" if probe_ms is not None else f"failed ({probe_error})"))
         time.sleep(1.0)  # the server notices the closes before the next case
+
+    def run_probe_case(self, spec, case: Case, port: int) -> None:
+        """How long /hello takes on fresh connections while one request spends 2 s in the app:
+        is one slow call holding everyone else?"""
+        time.sleep(0.5)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            slow.sendall(b"GET /block?ms=2000 HTTP/1.1\r\nHost: bench\r\n\r\n")
+            time.sleep(0.2)  # the slow call is under way
+            latencies = []
+            for _ in range(8):
+                latencies.append(harness.request_once(port, "/hello", timeout=10))
+                time.sleep(0.1)
+            slow.settimeout(10)
+            answered = slow.recv(65536).startswith(b"HTTP/1.1 200")
+        finally:
+            slow.close()
+        figures = {"probe_max_ms": max(latencies) * 1000,
+                   "probe_median_ms": statistics.median(latencies) * 1000,
+                   "slow_answered": answered}
+        self.record(spec, case, **figures)
+        progress(f"{spec.name} {case.key}: /hello in {figures['probe_median_ms']:.1f} ms "
+                 f"(median), {figures['probe_max_ms']:.1f} ms (max) during a 2 s call")
 
     def run_sse_case(self, spec, case: Case, leader: int, port: int, udp_port: int) -> None:
         time.sleep(0.5)
@@ -634,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hio-http-python",
                         help="run hio_http with this interpreter (already has it installed) "
                              "instead of its venv: no install, no network")
+    parser.add_argument("--baseline", default="HEAD",
+                        help=f"git revision installed as {servers.BASELINE!r}")
     parser.add_argument("--no-plot", action="store_true", help="skip results.png")
     parser.add_argument("--profile", action="store_true",
                         help="instead of the benchmark: py-spy profile of hio_http, hello c=10")

@@ -35,6 +35,12 @@ def _hio_http(bin_dir: Path, port: int) -> list:
     return [str(bin_dir / "python"), "-m", "hio_http", "--bind", f"127.0.0.1:{port}", "apps:app"]
 
 
+def _hio_http_threads(threads: int):
+    def command(bin_dir: Path, port: int) -> list:
+        return _hio_http(bin_dir, port) + ["--threads", str(threads)]
+    return command
+
+
 def _hio_http_wide(bin_dir: Path, port: int) -> list:
     return [str(bin_dir / "python"), "host_hio_http.py", "--port", str(port),
             "--max-connections", "20000"]
@@ -52,6 +58,23 @@ def _waitress(threads: Optional[int]):
 def _gunicorn(bin_dir: Path, port: int) -> list:
     return [str(bin_dir / "gunicorn"), "--workers", "1", "--worker-class", "sync",
             "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "apps:app"]
+
+
+def _gunicorn_gthread(threads: int):
+    def command(bin_dir: Path, port: int) -> list:
+        return [str(bin_dir / "gunicorn"), "--workers", "1", "--worker-class", "gthread",
+                "--threads", str(threads), "--bind", f"127.0.0.1:{port}",
+                "--log-level", "warning", "apps:app"]
+    return command
+
+
+def _granian(threads: int):
+    def command(bin_dir: Path, port: int) -> list:
+        return [str(bin_dir / "granian"), "--interface", "wsgi", "--workers", "1",
+                "--runtime-threads", "1", "--blocking-threads", str(threads),
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                "apps:app"]
+    return command
 
 
 def _cheroot(bin_dir: Path, port: int) -> list:
@@ -72,10 +95,20 @@ def _hio(tock: float):
 
 
 IDLE_ONLY = ("idle_10k", "idle_1k")
+# The cases where apps block, and the peers that host blocking apps on threads.
+THREADED_CASES = ("block_c10", "block_probe", "hello_c10", "json_c10", "close_c10", "sse_1k",
+                  "idle_cpu")
+BASELINE = "hio_http baseline"  # hio_http as at --baseline REV, installed from git
 
 SERVERS = [
     ServerSpec("hio_http", "hio_http", ("httptools", "py-spy"), _hio_http,
                "its CLI, default tock 0.03125, default settings (max_connections 1000)"),
+    ServerSpec("hio_http threads=4", "hio_http", ("httptools", "py-spy"), _hio_http_threads(4),
+               "its CLI with --threads 4 (app calls on a pool of 4 threads)",
+               cases=THREADED_CASES),
+    ServerSpec(BASELINE, "hio_http-baseline", ("httptools",), _hio_http,
+               "its CLI as at the --baseline revision (default HEAD), default settings",
+               cases=("hello_c10", "json_c10", "close_c10")),
     ServerSpec("hio_http wide", "hio_http", ("httptools", "py-spy"), _hio_http_wide,
                "host_hio_http.py: max_connections=20000, otherwise as the CLI", cases=IDLE_ONLY),
     ServerSpec("waitress-4", "waitress", ("waitress",), _waitress(None),
@@ -84,6 +117,11 @@ SERVERS = [
     ServerSpec("gunicorn-sync", "gunicorn", ("gunicorn",), _gunicorn,
                "1 sync worker: closes each connection after one response, then lingers up to "
                "2 s for the client's close"),
+    ServerSpec("gunicorn-gthread-4", "gunicorn", ("gunicorn",), _gunicorn_gthread(4),
+               "1 gthread worker, 4 threads", cases=THREADED_CASES),
+    ServerSpec("granian-4", "granian", ("granian",), _granian(4),
+               "granian --interface wsgi, 1 worker, 1 runtime thread, 4 blocking threads",
+               cases=THREADED_CASES),
     ServerSpec("cheroot", "cheroot", ("cheroot",), _cheroot,
                "cheroot CLI, default 10 threads, --request-queue-size 1024 (listen backlog; default 5)"),
     ServerSpec("bjoern", "bjoern", ("bjoern",), _bjoern, "bjoern.run (libev, C)"),
@@ -107,7 +145,8 @@ class InstallError(Exception):
     """A server's environment could not be built; the message says why, in one line."""
 
 
-def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_python=None) -> Path:
+def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_python=None,
+                baseline: str = "HEAD") -> Path:
     """The bin directory of the server's venv, created and installed on first use.
 
     hio_http is reinstalled from a copy of the working tree on every run, so the benchmark
@@ -133,6 +172,9 @@ def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_pyt
         marker.write_text(wanted)
     if spec.venv == "hio_http" and root not in _PROJECT_INSTALLED:
         _install_project(bin_dir, log)
+        _PROJECT_INSTALLED.add(root)
+    if spec.venv == "hio_http-baseline" and root not in _PROJECT_INSTALLED:
+        _install_revision(bin_dir, log, baseline)
         _PROJECT_INSTALLED.add(root)
     return bin_dir
 
@@ -182,6 +224,21 @@ def _install_project(bin_dir: Path, log: Path) -> None:
                 shutil.copy2(source, Path(folder) / name)
         _pip(bin_dir, ["install", "--no-deps", "--no-build-isolation", "--force-reinstall",
                        "--quiet", folder], log)
+
+
+def _install_revision(bin_dir: Path, log: Path, revision: str) -> None:
+    """Install hio_http as it was at git `revision`, to measure a change against it."""
+    with tempfile.TemporaryDirectory(prefix="hio_http-rev-") as folder:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, *PROJECT_FILES],
+                                 capture_output=True, timeout=60)
+        if archive.returncode != 0:
+            raise InstallError(f"git archive {revision}: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True,
+                       timeout=60)
+        _pip(bin_dir, ["install", "--no-deps", "--no-build-isolation", "--force-reinstall",
+                       "--quiet", folder], log)
+        # its dependencies (httptools, falcon, wsproto) as released
+        _pip(bin_dir, ["install", "--quiet", "wsproto"], log)
 
 
 def _ensure_libev(log: Path, progress) -> None:
