@@ -8,11 +8,13 @@ Nothing here touches a socket.
 
 # Why not concurrent.futures: its threads are joined when the interpreter exits, so an app call
 # stuck forever would keep a stopped server from exiting; these threads are daemons. Futures
-# would also cost an object and a lock per job, where a job here is a bare callable.
+# would also cost an object and a lock per job, where a job here is a bare callable handed
+# over through a SimpleQueue (its blocking get() is in C: no Condition, no waiter lock).
 
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
@@ -43,10 +45,10 @@ class AppPool:
         self.size = size
         self.queue_limit = max(1, queue_limit)
         self.slow_after = slow_after
-        self._jobs: deque = deque()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued = 0  # jobs submitted and not yet taken by a thread
         self._turned_away: deque = deque()  # callbacks waiting for a free place
-        self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards _queued and _turned_away
         self._closing = False
         self.running: dict = {}  # thread ident -> (when its job began (monotonic), the job)
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
@@ -62,7 +64,7 @@ class AppPool:
     @property
     def queued(self) -> int:
         """Jobs waiting for a thread."""
-        return len(self._jobs)
+        return self._queued
 
     @property
     def busy(self) -> int:
@@ -74,16 +76,16 @@ class AppPool:
         with self._lock:
             if self._closing:
                 return False
-            if not force and len(self._jobs) >= self.queue_limit:
+            if not force and self._queued >= self.queue_limit:
                 return False
-            self._jobs.append(job)
-            self._has_work.notify()
+            self._queued += 1
+        self._jobs.put(job)
         return True
 
     def notify_when_free(self, callback: Callable[[], None]) -> None:
         """Call `callback()` once the queue has room again (at once if it has now)."""
         with self._lock:
-            if len(self._jobs) >= self.queue_limit and not self._closing:
+            if self._queued >= self.queue_limit and not self._closing:
                 self._turned_away.append(callback)
                 return
         callback()
@@ -92,9 +94,12 @@ class AppPool:
         """Take no more jobs; threads end once the queue is empty. Never waits: a thread stuck
         in an app call is a daemon and does not hold up the exit."""
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
-            self._has_work.notify_all()
             turned_away, self._turned_away = list(self._turned_away), deque()
+        for _ in self._threads:
+            self._jobs.put(None)  # each thread ends when it takes one, after the jobs before
         if self._overseer is not None:
             self._overseer.stop()
         for callback in turned_away:
@@ -110,24 +115,23 @@ class AppPool:
     def _work(self) -> None:
         ident = threading.get_ident()
         while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            freed: list = []
             with self._lock:
-                while not self._jobs and not self._closing and not self._turned_away:
-                    self._has_work.wait()
-                if not self._jobs:
-                    if self._closing:
-                        return  # and nothing left
-                    # Idle with callers turned away: call them all, so that none waits on a
-                    # place another one was woken for and then did not take.
-                    freed, self._turned_away = list(self._turned_away), deque()
-                    job = None
-                else:
-                    job = self._jobs.popleft()
-                    freed = [self._turned_away.popleft()] if self._turned_away else []
-                    self.running[ident] = (time.monotonic(), job)
+                self._queued -= 1
+                if self._turned_away:
+                    # One place is free: one caller may take it. With the queue empty, call
+                    # them all, so that none waits on a place given to one that then did not
+                    # take it.
+                    if self._queued:
+                        freed.append(self._turned_away.popleft())
+                    else:
+                        freed, self._turned_away = list(self._turned_away), deque()
+            self.running[ident] = (time.monotonic(), job)
             for callback in freed:
                 _call_quietly(callback)
-            if job is None:
-                continue
             if self._overseer is not None:
                 self._overseer.rouse()
             try:

@@ -49,7 +49,7 @@ class Relay:
         self.tls = connection.tls
         self.peer = connection.peer
         self.lock = threading.Lock()
-        self.room = threading.Condition(self.lock)
+        self._room: Optional[threading.Condition] = None  # made once a write() waits
         self.chunks: list = []
         self.size = 0  # bytes collected and not yet taken
         self.unsent = connection.pending  # what the socket still held, as the loop last saw it
@@ -81,8 +81,8 @@ class Relay:
             chunks, self.chunks = self.chunks, []
             self.size = 0
             self.unsent = unsent
-            if self.writer_waiting:
-                self.room.notify_all()
+            if self._room is not None:
+                self._room.notify_all()
         return chunks
 
     def wait_for_room(self, high_water: int, ask_loop: Callable[[], None]) -> None:
@@ -99,14 +99,17 @@ class Relay:
             ask_loop()
             with self.lock:
                 if not self.closed and self.unsent + self.size >= high_water:
-                    self.room.wait()
+                    if self._room is None:
+                        self._room = threading.Condition(self.lock)
+                    self._room.wait()
 
     def close(self) -> None:
         with self.lock:
             self.closed = True
             chunks, self.chunks = self.chunks, []
             self.size = 0
-            self.room.notify_all()
+            if self._room is not None:
+                self._room.notify_all()
         for chunk in chunks:
             if type(chunk) is FileSpan:
                 chunk.close()
