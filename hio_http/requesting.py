@@ -63,7 +63,8 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 # Header fields whose values decide framing or connection handling; inspected once per head.
-_NOTED = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade"))
+_NOTED = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade",
+                    "content-type"))
 
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
 _LINE_OVERHEAD = 12
@@ -147,6 +148,9 @@ class Requestant:
         self.current: Request | None = None
         self.leftover = b""  # bytes after an upgrade request's head, for the next protocol
         self._parser = httptools.HttpRequestParser(self)
+        # Any version number gets through llhttp, so that HTTP/1.x with x > 1 is served as
+        # HTTP/1.1 (RFC 9112 §2.3); _head_to_request answers 505 for other majors.
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self._phase = _IDLE
         self._request: Request | None = None
         self._url_parts: list[bytes] = []
@@ -280,8 +284,9 @@ class Requestant:
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            # llhttp accepts 0.9 and 2.0; we speak only HTTP/1.x (RFC 9110 §15.6.6).
-            self._fail(505, "HTTP version not supported")
+            if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
+                self._fail(505, "HTTP version not supported")
+            version = "1.1"  # a later 1.x: served as the highest minor we speak (RFC 9112 §2.3)
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
             self._fail(501, "CONNECT not implemented: this is not a proxy")
@@ -293,12 +298,13 @@ class Requestant:
             if key in _NOTED:
                 noted.setdefault(key, []).append(value)
         self._check_host(version, noted.get("host"))
+        if len(noted.get("content-type", ())) > 1:
+            # RFC 9110 §5.3, §8.3: one value only; a proxy may have acted on the other one.
+            self._fail(400, "more than one Content-Type header")
         chunked = self._check_transfer_encoding(version, noted.get("transfer-encoding"))
         length = self._check_content_length(noted.get("content-length"))
         upgrade = noted["upgrade"][0] if "upgrade" in noted and parser.should_upgrade() else None
-        # RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
-        expect = "expect" in noted and version == "1.1" and any(
-            value.lower() == "100-continue" for value in noted["expect"])
+        expect = self._check_expectation(version, noted.get("expect"))
         return Request(method, target, path, query, version, self._fields, [],
                        self._new_body(chunked, length), 0, length, chunked,
                        parser.should_keep_alive(), expect, upgrade)
@@ -334,6 +340,16 @@ class Requestant:
                 cut = at
         path, _, query = rest[cut:].partition("?")
         return path or ("*" if method == "OPTIONS" else "/"), query
+
+    def _check_expectation(self, version: str, values: list[str] | None) -> bool:
+        """Whether the request expects 100-continue; 417 for any other expectation, which
+        this server cannot meet (RFC 9110 §10.1.1)."""
+        if values is None:
+            return False
+        members = [member.strip().lower() for value in values for member in value.split(",")]
+        if any(member != "100-continue" for member in members if member):
+            self._fail(417, f"unsupported expectation {', '.join(values)!r}")
+        return version == "1.1"  # a 100-continue expectation in HTTP/1.0 is ignored
 
     def _check_host(self, version: str, hosts: list[str] | None) -> None:
         # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any request

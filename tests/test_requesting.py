@@ -293,13 +293,17 @@ HOSTILE = [
     ("no-colon", b"GET / HTTP/1.1\r\nHost h\r\n\r\n", None, 400),
     ("space-before-first-field", b"GET / HTTP/1.1\r\n Host: h\r\n\r\n", None, 400),
     ("nul-in-name", b"GET / HTTP/1.1\r\nHo\x00st: h\r\n\r\n", None, 400),
+    ("two-content-types", b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: a/b\r\n"
+     b"Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n", None, 400),
+    ("expect-other", b"GET / HTTP/1.1\r\nHost: h\r\nExpect: magic\r\n\r\n", None, 417),
+    ("expect-continue-and-other", b"GET / HTTP/1.1\r\nHost: h\r\n"
+     b"Expect: 100-continue, magic\r\n\r\n", None, 417),
     # Host
     ("missing-host", b"GET / HTTP/1.1\r\n\r\n", None, 400),
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", None, 400),
     ("two-hosts-http10", b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", None, 400),
     # versions
     ("http-2.0", b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", None, 505),
-    ("http-1.2", b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", None, 505),
     ("http-3.0", b"GET / HTTP/3.0\r\nHost: h\r\n\r\n", None, 505),
     ("http-0.9", b"GET / HTTP/0.9\r\nHost: h\r\n\r\n", None, 505),
     ("http-0.9-simple", b"GET /\r\n\r\n", None, 505),
@@ -621,3 +625,16 @@ def test_a_request_line_split_after_its_first_byte_does_not_count_toward_the_hea
         for second in (head[:cut], head[cut:cut + 97], head[cut + 97:]):
             split.feed(second)
         assert len(split.requests) == 1, cut
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.9"])
+def test_a_later_http_1_minor_version_is_served_as_1_1(version):
+    """RFC 9112 §2.3: process it as the highest minor version we speak."""
+    requestant = Requestant()
+    requestant.feed(f"GET /x HTTP/{version}\r\nHost: h\r\n\r\n".encode())
+    request = requestant.requests.popleft()
+    assert request.version == "1.1" and request.keep_alive
+    missing_host = Requestant()
+    with pytest.raises(RequestError) as raised:
+        missing_host.feed(f"GET /x HTTP/{version}\r\n\r\n".encode())
+    assert raised.value.status == 400  # and as strict as 1.1 about Host

@@ -356,6 +356,33 @@ def test_other_expectation_gets_417(serve):
     assert b"Connection: close" in data
 
 
+def test_other_expectation_gets_417_without_a_body_too(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n")
+    data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 417 ") and b"Connection: close" in data
+
+
+def test_two_content_types_get_400(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 400 ") and b"Content-Type" in data
+
+
+def test_http_1_2_is_answered_as_http_1_1(serve):
+    server = serve(environ_app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET /v HTTP/1.2\r\nHost: x\r\n\r\nGET /w HTTP/1.2\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n")
+    data = read_until_closed(sock)
+    assert data.count(b"HTTP/1.1 200 OK") == 2  # kept alive, as 1.1 is
+    assert data.count(b'"SERVER_PROTOCOL": "HTTP/1.1"') == 2
+
+
 def test_environ(serve):
     server = serve(environ_app, root_path="/app")
     sock = raw_connect(server)
