@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from email.utils import formatdate
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
@@ -66,15 +66,28 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+class Outlet(Protocol):
+    """Where a responder writes: a net.Connection, or a threaded.Relay for an app thread."""
+
+    closed: bool
+    tls: bool
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued and not yet sent."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def sendfile(self, fd: int, offset: int, count: int) -> None: ...
+
+
 class BaseResponder:
     """Frames and sends one response on a Connection; subclasses supply status, headers, body."""
 
     high_water = 64 * 1024
-    working = False  # the app works on this response off the loop (ThreadedResponder)
-    queued = False  # it waits for a free app thread (ThreadedResponder)
 
     def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
-        self.connection = None
+        self.connection: Optional[Outlet] = None
         self.request = None
         self.server_header = server_header
         self.status: Optional[str] = None
@@ -102,6 +115,16 @@ class BaseResponder:
         self.server_header = server_header
         self.keep_alive = bool(request.keep_alive)
         self.bodiless = request.method == "HEAD"
+
+    @property
+    def working(self) -> bool:
+        """The app works on this response off the loop (see threaded.ThreadedResponder)."""
+        return False
+
+    @property
+    def queued(self) -> bool:
+        """It waits for a free app thread (see threaded.ThreadedResponder)."""
+        return False
 
     def describe(self) -> str:
         """The request answered, as a log line names it."""
