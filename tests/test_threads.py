@@ -513,3 +513,20 @@ def test_bad_threads_on_the_command_line_is_one_line(tmp_path):
     assert result.returncode == 2
     assert "threads must be a number of at least 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compressed_streams_are_framed_on_the_thread_and_decoded_whole(serve):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            yield b"x" * 3000
+            yield b""  # not yet: the gzip stream carries on with the next job
+            yield b"y" * 3000
+
+        return body()
+
+    server = serve(app, threads=2, compress=True)
+    answer = requests.get(server.url + "/", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    assert answer.headers["Content-Encoding"] == "gzip"
+    assert answer.content == b"x" * 3000 + b"y" * 3000
