@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from .client_parsing import ClientError, ProtocolError
 from .compression import DecodeError, Inflater
+from .grammar import check_field
 
 __all__ = ["RequestBody", "ResponseStream", "BodyError", "FileTarget", "Source"]
 
@@ -349,9 +350,4 @@ def _check_trailers(trailers: list) -> None:
     for name, value in trailers:
         if name.lower() in FORBIDDEN_TRAILERS:
             raise ValueError(f"{name} may not be sent as a trailer field")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"trailer {name} must not contain CR, LF or NUL")
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(f"trailer {name} is not latin-1 text") from None
+        check_field(name, value, "trailer")

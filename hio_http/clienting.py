@@ -43,7 +43,6 @@ import ipaddress
 import json as json_codec
 import logging
 import os
-import re
 import socket
 import ssl
 import time
@@ -58,6 +57,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
                              ProtocolError, ResponseParser, TooManyRedirects, _tokens)
 from .compression import DECODABLE, DecodeError, Inflater
 from .doing import Doer
+from .grammar import check_field, is_token
 from .net import RECEIVE_SIZE, Connection
 from .polling import READ, WRITE, Poller, join_loop, leave_loop
 from .responding import header_text  # one rule for header values, requests and responses
@@ -907,7 +907,7 @@ class Client:
         anything that goes wrong on the network later lands on `response.error`.
         """
         method = method.upper()
-        if not _is_token(method):
+        if not is_token(method):
             raise ValueError(f"invalid method {method!r}")
         fields = self.default_headers + _header_list(headers)
         if json is not None:
@@ -1210,15 +1210,8 @@ class Client:
                 result.append(("Trailer", ", ".join(name for name, _ in body.trailers)))
         elif not body.empty or method in ("POST", "PUT", "PATCH"):
             result.append(("Content-Length", str(body.length)))
-        for name, value in result + body.trailers:
-            if not _is_token(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name} must not contain CR, LF or NUL")
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"header {name} is not latin-1 text") from None
+        for name, value in result:
+            check_field(name, value)
         return result
 
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
@@ -1237,13 +1230,6 @@ def _becomes_get(status: Optional[int], method: str) -> bool:
 
 def _due(exchange: _Exchange, now: float) -> bool:
     return exchange.deadline is not None and now >= exchange.deadline
-
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 §5.6.2 tchar
-
-
-def _is_token(text: str) -> bool:
-    return bool(_TOKEN.match(text))
 
 
 def _header_list(headers: Headers) -> list:

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
+from .grammar import check_field
 
 logger = logging.getLogger("hio_http.server")
 wsgi_logger = logging.getLogger("hio_http.wsgi")
@@ -46,7 +47,6 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
                         "transfer-encoding", "upgrade"})
 BYTES_LIKE = (bytes, bytearray, memoryview)
 _warned_hop_by_hop: set = set()  # names already warned of: one WARNING per name per process
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
 
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
@@ -555,18 +555,12 @@ def check_headers(headers) -> None:
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"response header {item!r} is not a (name, value) tuple")
         name, value = item
-        if not isinstance(name, str) or not TOKEN.match(name):
+        if not isinstance(name, str):
             raise ValueError(f"invalid response header name {name!r}")
         if not isinstance(value, str):
             raise TypeError(f"response header {name} value must be str, not "
                             f"{type(value).__name__}")
-        if "\r" in value or "\n" in value or "\0" in value:  # header injection / splitting
-            raise ValueError(f"response header {name} value contains CR, LF or NUL")
-        if not value.isascii():
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"response header {name} value is not latin-1 text") from None
+        check_field(name, value, "response header")
 
 
 def drop_hop_by_hop(headers: list) -> tuple[list, bool]:

@@ -35,7 +35,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .clienting import Headers, _header_list, _is_token, _Link, _Session
+from .clienting import Headers, _header_list, _Link, _Session
+from .grammar import is_token
 from .websocket import INFLATE_SLICE, SENDABLE, Reassembly
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class WebSocketClient:
         if isinstance(subprotocols, str):
             subprotocols = [subprotocols]
         for name in subprotocols:
-            if not _is_token(name):
+            if not is_token(name):
                 raise ValueError(f"invalid subprotocol {name!r}")
         fields = client._fields(client.default_headers + _header_list(headers), "GET", b"")
         for name, _ in fields:

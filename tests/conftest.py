@@ -1,8 +1,11 @@
 """Shared fixtures: apps wrapped in wsgiref's validator, servers on free ports, raw clients."""
 
+import contextlib
+import http.server
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from wsgiref.validate import validator
 
@@ -89,3 +92,19 @@ def server_context(certificate):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*certificate)
     return context
+
+
+@contextlib.contextmanager
+def stdlib_server(handler_class):
+    """The standard library's threading HTTP server on a free port, for clients to meet a
+    server other than ours; yields its URL and always shuts it down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

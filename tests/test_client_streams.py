@@ -20,6 +20,8 @@ import pytest
 from hio_http.clienting import Client, ConnectionLost, ProtocolError
 from hio_http.testing import serve_in_thread
 
+from conftest import stdlib_server
+
 waitress = pytest.importorskip("waitress")
 
 
@@ -58,20 +60,6 @@ def waitress_server(app):
     finally:
         closing.set()
         server.close()
-        thread.join(5)
-
-
-@contextlib.contextmanager
-def stdlib_server(handler_class):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
         thread.join(5)
 
 

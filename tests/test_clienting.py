@@ -28,7 +28,7 @@ from hio_http.serving import BareServer
 from hio_http.sse import Broadcaster
 from hio_http.testing import Loop, serve_in_thread
 
-from conftest import server_context
+from conftest import server_context, stdlib_server
 
 waitress = pytest.importorskip("waitress")
 
@@ -127,20 +127,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def stdlib_server(handler_class):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @contextlib.contextmanager

@@ -21,18 +21,18 @@ from hio_http.sse import Broadcaster
 
 from conftest import raw_connect, read_until_closed
 from test_cli import start, stop
+from test_operations import wait_for
 
 APP_THREAD = "hio_http-app"
 
 
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+def slow_reader(server, request):
+    """A client with a small receive buffer that sends `request` and then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(server.address[:2])
+    sock.sendall(request)
+    return sock
 
 
 def text_app(environ, start_response):
@@ -178,11 +178,8 @@ def test_a_client_that_stops_reading_costs_no_thread_and_is_closed_at_write_time
         return Endless()
 
     server = serve(app, validate=False, threads=1, high_water=32 * 1024, write_timeout=1.0)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(server.address[:2])
+    sock = slow_reader(server, b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
-        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
         # The pulling stops once the socket is full: the count settles.
         previous = -1
         deadline = time.monotonic() + 5
@@ -214,11 +211,8 @@ def test_legacy_write_waits_for_the_client_and_is_released_when_it_is_dropped(se
         return []
 
     server = serve(app, validate=False, threads=1, high_water=16 * 1024, write_timeout=1.0)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(server.address[:2])
+    sock = slow_reader(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_for(lambda: outcome, timeout=8)
         assert outcome == ["ClientGone"]
     finally:
