@@ -83,13 +83,9 @@ class Settings:
                                    "(0: off)")
 
     def __post_init__(self) -> None:
-        for name, least in (("threads", 0), ("thread_queue", 1), ("stall_warning", 0),
-                            ("timeout", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < least:
-                raise ValueError(f"{name} must be a number of at least {least}, not {value!r}")
-        if isinstance(self.threads, float) or isinstance(self.thread_queue, float):
-            raise ValueError("threads and thread_queue must be whole numbers")
+        """Check every value now, so that a mistake is named where it is made."""
+        for field in dataclasses.fields(self):
+            check(field.name, getattr(self, field.name), str(field.type))
 
     def limits(self) -> Limits:
         return Limits(max_request_line=self.max_request_line,
@@ -100,6 +96,56 @@ class Settings:
     def compression(self) -> Compression:
         """The response compression policy these settings describe (raises ValueError)."""
         return Compression(min_size=self.compress_min_size, level=self.compress_level)
+
+
+# The range of each number that may not take any value from 0 up (the others may).
+RANGES: dict = {
+    "port": (0, 65535), "backlog": (1, None), "max_connections": (1, None),
+    "max_pipeline": (1, None), "high_water": (1, None), "max_request_line": (1, None),
+    "max_header_count": (1, None), "thread_queue": (1, None), "compress_level": (1, 9),
+}
+# Seconds that must be above 0: a deadline of no time at all would close every connection.
+POSITIVE = frozenset({"idle_timeout", "header_timeout", "body_timeout", "write_timeout",
+                      "handshake_timeout", "sweep_interval", "ws_ping_interval",
+                      "ws_ping_timeout"})
+
+
+def check(name: str, value: Any, kind: str) -> None:
+    """Raise ValueError naming the setting and what it accepts, unless `value` fits `kind`."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, not {value!r}")
+    elif kind in ("int", "float"):
+        _check_number(name, value, kind == "int")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be text, not {value!r}")
+    elif kind == "Optional[str]":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be text or None, not {value!r}")
+    elif kind == "tuple":
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"{name} must be a list of addresses, not {value!r}")
+    elif kind == "Optional[ssl.SSLContext]":
+        if value is not None and not isinstance(value, ssl.SSLContext):
+            raise ValueError(f"{name} must be an ssl.SSLContext or None, not {value!r}")
+
+
+def _check_number(name: str, value: Any, whole: bool) -> None:
+    least, most = RANGES.get(name, (0, None))
+    if whole:
+        what = f"a whole number from {least}" + (f" to {most}" if most is not None else " up")
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif name in POSITIVE:
+        what = "a number of seconds above 0"
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    else:
+        what = "a number of seconds, 0 or more"
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if fits and (value != value or value < least or (most is not None and value > most)):
+        fits = False  # NaN, or out of range
+    if not fits:
+        raise ValueError(f"{name} must be {what}, not {value!r}")
 
 
 def fields() -> list:

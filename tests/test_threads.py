@@ -505,7 +505,7 @@ def test_bad_threads_on_the_command_line_is_one_line(tmp_path):
                              "slowapp:app"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=20)
     assert result.returncode == 2
-    assert "threads must be a number of at least 0" in result.stderr
+    assert "threads must be a whole number from 0 up" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -524,3 +524,4 @@ def test_compressed_streams_are_framed_on_the_thread_and_decoded_whole(serve):
     answer = requests.get(server.url + "/", headers={"Accept-Encoding": "gzip"}, timeout=5)
     assert answer.headers["Content-Encoding"] == "gzip"
     assert answer.content == b"x" * 3000 + b"y" * 3000
+
