@@ -11,7 +11,7 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # cannot know: which response answers a HEAD (no body whatever the headers say), where a
 # close-delimited body ends (at EOF), and our bounds on the head.
 #
-# A Client keeps a queue of exchanges (a request and its Response) and one `_Session`, its
+# A Client keeps a queue of exchanges (a request and its Response) and one `Session`, its
 # keep-alive connection. A session is
 #   connecting  resolve, nonblocking connect, TLS handshake                   [connect timeout]
 #   ready       sends queued exchanges; each waits in `in_flight` for its response, in order
@@ -326,7 +326,7 @@ class _Exchange:
 
 # -- one connection -----------------------------------------------------------------------------
 
-class _Link(Connection):
+class Link(Connection):
     """A client connection: net.Connection, remembering why it was lost."""
 
     def __init__(self, sock, peer, poller, handler):
@@ -366,7 +366,7 @@ def _resolve(host: str, port: int) -> Future:
     return _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
 
 
-class _Session:
+class Session:
     """One connection of a Client (or of an EventStream): connects, sends exchanges, parses
     their responses in order, and hands back what it could not finish when it closes.
 
@@ -381,7 +381,7 @@ class _Session:
         self.parser = ResponseParser(client.max_header_bytes, client.max_header_count)
         self.in_flight: collections.deque = collections.deque()
         self.state = "connecting"
-        self.link: Optional[_Link] = None
+        self.link: Optional[Link] = None
         self.persistent = False  # an HTTP/1.1 keep-alive response came: pipelining allowed
         self.closing = False  # nothing more goes out; closes after the last response
         self.continuing: Optional[_Exchange] = None  # head sent, body held for 100 Continue
@@ -474,7 +474,7 @@ class _Session:
                 sock.close()
                 self._connect_failed(ConnectError(f"TLS setup failed: {ex}"), ex)
                 return
-        self.link = _Link(sock, self._peer, self.poller, self)
+        self.link = Link(sock, self._peer, self.poller, self)
         # A streamed body is held at most one receive past high_water: keep receives near it.
         self.link.receive_size = max(16 * 1024, min(RECEIVE_SIZE, self.client.high_water))
         if context is not None:
@@ -806,7 +806,7 @@ class Client:
         self.decompress = decompress
         self.continue_threshold = continue_threshold
         self.continue_timeout = continue_timeout
-        self.default_headers = _header_list(headers)
+        self.default_headers = header_list(headers)
         if user_agent and not any(n.lower() == "user-agent" for n, _ in self.default_headers):
             self.default_headers.append(("User-Agent", user_agent))
         self.opened = False
@@ -814,7 +814,7 @@ class Client:
         self.connections_opened = 0  # connections begun so far (keep-alive shows as reuse)
         self.queue: collections.deque = collections.deque()  # exchanges not yet sent
         self.streams: list = []
-        self._session: Optional[_Session] = None
+        self._session: Optional[Session] = None
         self._pumping = False
 
     def __repr__(self) -> str:
@@ -909,7 +909,7 @@ class Client:
         method = method.upper()
         if not is_token(method):
             raise ValueError(f"invalid method {method!r}")
-        fields = self.default_headers + _header_list(headers)
+        fields = self.default_headers + header_list(headers)
         if json is not None:
             body = json_codec.dumps(json, separators=(",", ":")).encode("utf-8")
             if not any(name.lower() == "content-type" for name, _ in fields):
@@ -922,12 +922,12 @@ class Client:
         if expect_continue and not content.empty and not any(
                 name.lower() == "expect" for name, _ in fields):
             fields.append(("Expect", "100-continue"))
-        target = self._target(path)
+        target = self.request_target(path)
         response = Response(method, self.origin + target)
         if stream or on_data is not None:
             response._stream = ResponseStream(self.high_water, on_data)
         limit = self.timeout if timeout is ... else timeout
-        exchange = _Exchange(method, target, self._fields(fields, method, content), content,
+        exchange = _Exchange(method, target, self.request_fields(fields, method, content), content,
                              response, self._deadline(limit))
         if stream or on_data is not None or content.streamed:
             exchange.idle_timeout = limit
@@ -1032,10 +1032,10 @@ class Client:
 
     # -- sessions call back here ----------------------------------------------------------------
 
-    def session_ready(self, session: _Session) -> None:
+    def session_ready(self, session: Session) -> None:
         self._pump()
 
-    def exchange_ended(self, session: _Session, exchange: _Exchange, end: End) -> None:
+    def exchange_ended(self, session: Session, exchange: _Exchange, end: End) -> None:
         response = exchange.response
         location = response.header("location")
         if response.status in REDIRECTS and location and self.max_redirects > 0:
@@ -1058,13 +1058,13 @@ class Client:
             return False
         return _becomes_get(head.status, exchange.method) or exchange.body.replayable
 
-    def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
+    def session_closed(self, session: Session, unanswered: list, error: ClientError) -> None:
         if session is self._session:
             self._session = None
         self._requeue(unanswered, error)
         self._pump()
 
-    def connect_failed(self, session: _Session, error: ClientError) -> None:
+    def connect_failed(self, session: Session, error: ClientError) -> None:
         """Nothing was sent on a connection that never came up: the requests waiting for it
         fail with the reason (a retry is one more request away)."""
         if session is self._session:
@@ -1086,7 +1086,7 @@ class Client:
             while self.queue:
                 session = self._session
                 if session is None or session.state == "closed":
-                    self._session = _Session(self, self)
+                    self._session = Session(self, self)
                     self._session.start()
                     continue  # it may have connected (or failed) at once
                 if session.closing and session.state == "ready" and not session.in_flight:
@@ -1142,7 +1142,7 @@ class Client:
         dropped = (("content-length", "transfer-encoding", "trailer") if body is exchange.body
                    else ("content-length", "transfer-encoding", "trailer", "content-type",
                          "expect"))
-        fields = self._fields([(name, value) for name, value in exchange.headers
+        fields = self.request_fields([(name, value) for name, value in exchange.headers
                                if name.lower() not in dropped], method, body)
         target = parts.path or "/"
         if parts.query:
@@ -1167,7 +1167,7 @@ class Client:
             return None
         return parts
 
-    def _target(self, path: str) -> str:
+    def request_target(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
             parts = urlsplit(path)
             if f"{parts.scheme}://{parts.netloc}" != self.origin:
@@ -1183,7 +1183,7 @@ class Client:
             raise ValueError(f"request target {target!r} must be percent-encoded")
         return target
 
-    def _fields(self, fields: list, method: str, body: Union[RequestBody, bytes]) -> list:
+    def request_fields(self, fields: list, method: str, body: Union[RequestBody, bytes]) -> list:
         """Every header field to send: Host first, then the caller's, then the framing:
         Content-Length, or Transfer-Encoding: chunked (with Trailer naming the trailers)."""
         if not isinstance(body, RequestBody):
@@ -1232,7 +1232,7 @@ def _due(exchange: _Exchange, now: float) -> bool:
     return exchange.deadline is not None and now >= exchange.deadline
 
 
-def _header_list(headers: Headers) -> list:
+def header_list(headers: Headers) -> list:
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -1261,7 +1261,7 @@ class EventStream:
                  max_reconnects: Optional[int] = None):
         self.client = client
         self.path = path
-        self.headers = _header_list(headers)
+        self.headers = header_list(headers)
         self.events: collections.deque = collections.deque()
         self.last_event_id = last_event_id or ""
         self.retry = retry  # ms before reconnecting
@@ -1272,7 +1272,7 @@ class EventStream:
         self.closed = False
         self.error: Optional[ClientError] = None  # why the last connection ended, if it failed
         self.response: Optional[Response] = None
-        self._session: Optional[_Session] = None
+        self._session: Optional[Session] = None
         self._exchange: Optional[_Exchange] = None
         self._parser: Optional[EventParser] = None
         self._reconnect_at: Optional[float] = None
@@ -1305,16 +1305,16 @@ class EventStream:
         if self.last_event_id:
             fields.append(("Last-Event-ID", self.last_event_id))
         client = self.client
-        target = client._target(self.path)
+        target = client.request_target(self.path)
         response = Response("GET", client.origin + target)
-        fields = client._fields(client.default_headers + fields, "GET", b"")
+        fields = client.request_fields(client.default_headers + fields, "GET", b"")
         exchange = _Exchange("GET", target, fields, b"", response,
                              client._deadline(client.timeout))
         exchange.sink = self._receive
         exchange.on_head = self._head
         self.response, self._exchange = response, exchange
         self._parser = EventParser(self.last_event_id)
-        self._session = _Session(client, self)
+        self._session = Session(client, self)
         self._session.start()
 
     def _service(self, now: float) -> None:
@@ -1329,7 +1329,7 @@ class EventStream:
         elif self._reconnect_at is not None and now >= self._reconnect_at:
             self._start()
 
-    def session_ready(self, session: _Session) -> None:
+    def session_ready(self, session: Session) -> None:
         if session is self._session and not session.in_flight and self._exchange is not None:
             session.send(self._exchange)
 
@@ -1364,20 +1364,20 @@ class EventStream:
             return None
         return self.client.clock() + self.idle_timeout
 
-    def exchange_ended(self, session: _Session, exchange: _Exchange, end: End) -> None:
+    def exchange_ended(self, session: Session, exchange: _Exchange, end: End) -> None:
         exchange.response._finish(end.trailers)
         session.closing = True
         if not self.closed:
             self._lost(None)
 
-    def session_closed(self, session: _Session, unanswered: list, error: ClientError) -> None:
+    def session_closed(self, session: Session, unanswered: list, error: ClientError) -> None:
         for exchange in unanswered:
             exchange.response._fail(error)
         if session is self._session and not self.closed:
             failed = self._exchange.response.error if self._exchange is not None else None
             self._lost(failed or error)
 
-    def connect_failed(self, session: _Session, error: ClientError) -> None:
+    def connect_failed(self, session: Session, error: ClientError) -> None:
         if session is self._session and not self.closed:
             self._exchange.response._fail(error)
             self._lost(error)

@@ -6,7 +6,7 @@ loop: each lands on `ws.error` as a ClientError.
 
 # Theory of operation
 # -------------------
-# The client's `_Session` makes the connection (resolution off the loop, nonblocking connect,
+# The client's `Session` makes the connection (resolution off the loop, nonblocking connect,
 # TLS, the connect timeout). Once it is up the WebSocketClient takes the link over
 # (`link.handler = self`), as the server's session does after its 101, and speaks wsproto on it:
 #   connecting  TCP and TLS [connect timeout], then our upgrade request and the wait for its
@@ -35,9 +35,9 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .clienting import Headers, _header_list, _Link, _Session
+from .clienting import Headers, header_list, Link, Session
 from .grammar import is_token
-from .websocket import INFLATE_SLICE, SENDABLE, Reassembly
+from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
 if TYPE_CHECKING:
     from .clienting import Client
@@ -103,12 +103,12 @@ class WebSocketClient:
         for name in subprotocols:
             if not is_token(name):
                 raise ValueError(f"invalid subprotocol {name!r}")
-        fields = client._fields(client.default_headers + _header_list(headers), "GET", b"")
+        fields = client.request_fields(client.default_headers + header_list(headers), "GET", b"")
         for name, _ in fields:
             if name.lower() in HANDSHAKE_FIELDS:
                 raise ValueError(f"{name} is set by the WebSocket handshake")
         (_, host), *fields = fields  # Host comes first: the caller's, or the client's authority
-        target = client._target(path)
+        target = client.request_target(path)
         self._request = Request(
             host=host, target=target, subprotocols=list(subprotocols),
             extensions=[PerMessageDeflate()] if compression else [],
@@ -130,8 +130,8 @@ class WebSocketClient:
         self.close_reason = ""
         self.error: Optional[ClientError] = None
         self._protocol: Optional[WSConnection] = None
-        self._session: Optional[_Session] = None
-        self._link: Optional[_Link] = None  # taken over from the session once it is up
+        self._session: Optional[Session] = None
+        self._link: Optional[Link] = None  # taken over from the session once it is up
         self._wiring = _Wiring(self)
         self._outbox: collections.deque = collections.deque()  # events sent before the 101
         self._close_asked = False  # close() came before the 101: nothing more is queued
@@ -214,7 +214,7 @@ class WebSocketClient:
         self._protocol = WSConnection(ConnectionType.CLIENT)
         if client.timeout is not None:
             self._deadline = client.clock() + client.timeout
-        self._session = _Session(client, self._wiring)
+        self._session = Session(client, self._wiring)
         self._session.start()  # may fail at once: _connect_failed() comes back here
 
     def _service(self, now: float) -> None:
@@ -234,7 +234,7 @@ class WebSocketClient:
 
     # -- the session's news, through _Wiring: the connection comes up, or does not ------------
 
-    def _connected(self, session: _Session) -> None:
+    def _connected(self, session: Session) -> None:
         """TCP (and TLS) is up: take the link over and send the upgrade request."""
         if session is not self._session:
             return
@@ -243,7 +243,7 @@ class WebSocketClient:
         self._link.handler = self._wiring
         self._write(self._protocol.send(self._request))
 
-    def _connect_failed(self, session: _Session, error: ClientError) -> None:
+    def _connect_failed(self, session: Session, error: ClientError) -> None:
         if session is self._session:
             self._session = None
             self._finish(error)
@@ -479,7 +479,7 @@ class WebSocketClient:
 
 
 class _Wiring:
-    """What a WebSocketClient's _Session (as its owner) and then its connection (as its handler)
+    """What a WebSocketClient's Session (as its owner) and then its connection (as its handler)
     call back: a separate object, so that the WebSocketClient keeps `closed` for its state and
     shows no callbacks among its public names. (The session's other two owner calls are about
     requests, and the link is taken over before it could make them.)"""
@@ -489,10 +489,10 @@ class _Wiring:
     def __init__(self, websocket: WebSocketClient):
         self.websocket = websocket
 
-    def session_ready(self, session: _Session) -> None:
+    def session_ready(self, session: Session) -> None:
         self.websocket._connected(session)
 
-    def connect_failed(self, session: _Session, error: ClientError) -> None:
+    def connect_failed(self, session: Session, error: ClientError) -> None:
         self.websocket._connect_failed(session, error)
 
     def received(self, data: bytes) -> None:
