@@ -116,10 +116,11 @@ class GracefulStop:
 
 
 def load_app(options: dict):
-    """Import `module:attribute` (attribute defaults to `app`); None means the demo."""
+    """Import `module:attribute` (attribute defaults to `app`); none named: the demo's app."""
     spec = options["app"]
     if not spec:
-        return None
+        from . import demo
+        return demo.app
     _use_app_dir(options)
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "app"
@@ -139,8 +140,12 @@ def load_app(options: dict):
 
 
 def load_websockets(options: dict) -> dict:
-    """`--websocket PATH=module:Handler` entries as {path: handler class}."""
+    """`--websocket PATH=module:Handler` entries as {path: handler class} (with the demo's own
+    endpoints when no app is named)."""
     endpoints = {}
+    if not options["app"]:
+        from . import demo
+        endpoints.update(demo.websockets)
     for entry in options["websocket"]:
         path, sep, spec = entry.partition("=")
         module_name, colon, attribute = spec.partition(":")

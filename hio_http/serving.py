@@ -32,6 +32,7 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import socket
@@ -55,11 +56,19 @@ from .threaded import ThreadedResponder
 
 logger = logging.getLogger("hio_http.server")
 
+WEBSOCKET_UPGRADE = "hio_http.websocket:upgrade"  # the handshake, resolved by name (see below)
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
 __all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
            "openServer"]
+
+
+def resolve(spec: str) -> Callable:
+    """`module:name` to the object it names. Optional parts (the WebSocket upgrade) are named,
+    not imported, here, so the core never imports them; a server resolves them once."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Steward:
@@ -112,7 +121,10 @@ class Steward:
         """Answer a WebSocket handshake (`Upgrade: websocket`): switch to the server's endpoint
         for its path and return None, or return the responder that refuses it (404 when the
         path has no endpoint, 400 or 426 for a bad handshake)."""
-        from .websocket import upgrade  # wsproto is loaded only once a WebSocket is asked for
+        upgrade = self.server.websocket_upgrade
+        if upgrade is None:  # the server has no WebSocket endpoints at all
+            return CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
+                                   b"no WebSocket endpoint at this path\n")
         return upgrade(self, request)
 
     def switch(self, protocol) -> None:
@@ -526,6 +538,10 @@ class BaseServer:
         self.settings = Settings(**settings)
         # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler)
         self.websockets: dict = dict(websockets or {})
+        # The handshake is resolved once, and only when there are endpoints: the server knows
+        # WebSockets only as this callable (and wsproto is not loaded without them).
+        self.websocket_upgrade: Optional[Callable] = (resolve(WEBSOCKET_UPGRADE)
+                                                      if self.websockets else None)
         self.limits = self.settings.limits()
         self.compression = self.settings.compression()  # applied when `compress` is on
         self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
@@ -741,15 +757,13 @@ class BareServer(BaseServer):
 class Server(BaseServer):
     """Hosts a WSGI application: `Server(app, host="127.0.0.1", port=0, **settings)`, with
     WebSocket endpoints beside it on the same port: `websockets={path: WebSocketHandler
-    subclass}`. Without an app it serves the built-in demo (and the demo's endpoints)."""
+    subclass}`. (The command line serves `hio_http.demo.app` when no app is named.)"""
 
     steward_class = WSGISteward
 
-    def __init__(self, app=None, **kwa):
-        if app is None:
-            from . import demo
-            app = demo.app
-            kwa.setdefault("websockets", demo.websockets)
+    def __init__(self, app: Callable, **kwa):
+        if not callable(app):
+            raise TypeError(f"Server needs a WSGI app (a callable), not {app!r}")
         super().__init__(**kwa)
         self.app = app
         self.errors = ErrorStream()

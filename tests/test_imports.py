@@ -30,3 +30,33 @@ def test_unknown_names_are_attribute_errors():
         assert "NoSuchThing" in str(ex)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+UPGRADE_WITHOUT_ENDPOINTS = """
+import socket, sys
+from hio_http.testing import serve_in_thread
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"plain"]
+
+with serve_in_thread(app) as server:
+    sock = socket.create_connection(server.address[:2], timeout=5)
+    sock.sendall(b"GET /ws HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n")
+    answer = sock.recv(65536)
+print("status-" + answer.split(b" ")[1].decode())
+"""
+
+
+def test_a_server_without_websocket_endpoints_refuses_upgrades_without_loading_wsproto():
+    modules = imported_after(UPGRADE_WITHOUT_ENDPOINTS)
+    assert "status-404" in modules  # printed beside the module names
+    assert "wsproto" not in modules and "hio_http.websocket" not in modules
+
+
+def test_a_server_needs_an_app():
+    import pytest
+    from hio_http import Server
+    with pytest.raises(TypeError, match="Server needs a WSGI app"):
+        Server(None)
