@@ -11,6 +11,10 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # cannot know: which response answers a HEAD (no body whatever the headers say), where a
 # close-delimited body ends (at EOF), and our bounds on the head.
 #
+# The pieces: `Response` (client_response.py) fills in as bytes arrive; `Session` and its
+# `Link` (client_session.py) are one connection; `EventStream` (client_events.py) follows an
+# event stream; this module holds the `Client` that queues exchanges, and its doer.
+#
 # A Client keeps a queue of exchanges (a request and its Response) and one `Session`, its
 # keep-alive connection. A session is
 #   connecting  resolve, nonblocking connect, TLS handshake                   [connect timeout]
@@ -38,29 +42,23 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 from __future__ import annotations
 
 import collections
-import errno
-import ipaddress
 import json as json_codec
 import logging
-import os
-import socket
 import ssl
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
-from .client_bodies import (BodyError, BodyWriter, FileTarget, RequestBody, ResponseStream,
-                           Source)
+from .client_bodies import BodyError, FileTarget, RequestBody, ResponseStream, Source
+from .client_events import EventStream
 from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
                              ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
-                             ProtocolError, ResponseParser, TooManyRedirects, _tokens)
-from .compression import DECODABLE, DecodeError, Inflater
+                             ProtocolError, ResponseParser, TooManyRedirects)
+from .client_response import Response
+from .client_session import Exchange, Headers, Session, due, header_list
 from .doing import Doer
 from .grammar import check_field, is_token
-from .net import RECEIVE_SIZE, Connection
-from .polling import READ, WRITE, Poller, join_loop, leave_loop
-from .responding import header_text  # one rule for header values, requests and responses
+from .polling import Poller, join_loop, leave_loop
 
 if TYPE_CHECKING:
     from .websocket_client import WebSocketClient
@@ -72,658 +70,14 @@ __all__ = ["Client", "ClientDoer", "Response", "EventStream", "Event", "Response
            "ClientTimeout", "ConnectTimeout", "ProtocolError", "ConnectionLost",
            "TooManyRedirects", "BodyError"]
 
-IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that closed under it
 CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
 CONTINUE_THRESHOLD = 1024 * 1024  # larger bodies (and those of unknown length) ask first
-READS_PER_WAKE = 8  # receives in a row while each fills its buffer, before polling again
-UPLOAD_BUDGET = 16  # high-water marks of body one turn may send, so other work gets its turn
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-HeaderValue = Union[str, bytes, bytearray, memoryview, int]
-Headers = Union[Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]], None]
 Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
 
-
-class Response:
-    """The answer to one request, filled in as its bytes arrive.
-
-    `done` turns True once the response is complete or has failed; then `error` is None or the
-    ClientError that ended it. `headers` is the ordered list of (name, value) as sent (strings
-    decoded as latin-1); `header(name)` finds one case-insensitively. After followed redirects
-    `history` holds the earlier responses and `url` the final address.
-
-    A body sent with Content-Encoding gzip or deflate is decoded as it arrives (`headers` still
-    say how it came). A streamed response (`request(..., stream=True)`) gathers nothing:
-    `take()` returns what has arrived (b"" when nothing new), and reading pauses while
-    `buffered` is at the client's high-water mark.
-    """
-
-    def __init__(self, method: str, url: str):
-        self.method = method
-        self.url = url
-        self.status: Optional[int] = None
-        self.reason = ""
-        self.version: Optional[str] = None
-        self.headers: list = []
-        self.trailers: list = []
-        self.error: Optional[ClientError] = None
-        self.done = False
-        self.history: list = []
-        self._chunks: list = []
-        self._size = 0
-        self._stream: Optional[ResponseStream] = None  # set for stream=True
-        self._inflater: Optional[Inflater] = None  # a gathered body's content coding
-        self._done_callbacks: list = []
-        self._resume: Optional[Callable[[], None]] = None  # reading paused for a full stream
-
-    def __repr__(self) -> str:
-        state = (f"error={self.error!r}" if self.error else
-                 f"{self.status} {self.reason}" if self.status else "pending")
-        return f"<Response {self.method} {self.url} {state}{'' if self.done else ' ...'}>"
-
-    @property
-    def ok(self) -> bool:
-        """Complete, without error, with a status below 400."""
-        return self.done and self.error is None and self.status is not None and self.status < 400
-
-    @property
-    def body(self) -> bytes:
-        """The body received so far (all of it once `done`)."""
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
-        return self._chunks[0] if self._chunks else b""
-
-    @property
-    def text(self) -> str:
-        """The body decoded with the charset of Content-Type (UTF-8 when none is named)."""
-        charset = "utf-8"
-        for parameter in (self.header("content-type") or "").split(";")[1:]:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "charset" and value.strip():
-                charset = value.strip().strip('"')
-        try:
-            return self.body.decode(charset, errors="replace")
-        except LookupError:
-            return self.body.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        """The body parsed as JSON (raises ValueError if it is not JSON)."""
-        return json_codec.loads(self.body)
-
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """The first value of header `name` (case-insensitive), else `default`."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
-
-    @property
-    def streamed(self) -> bool:
-        return self._stream is not None
-
-    @property
-    def buffered(self) -> int:
-        """Body bytes held for the consumer of a streamed response (0 for a gathered one)."""
-        return self._stream.buffered if self._stream is not None else 0
-
-    def take(self) -> bytes:
-        """A streamed body's bytes that arrived since the last take (decoded), or b"". Once
-        `done` and take() returns b"", the body is over. Taking lets reading resume."""
-        stream = self._stream
-        if stream is None:
-            raise ValueError("take() is for streamed responses: request(..., stream=True)")
-        try:
-            data = stream.take()
-        except ClientError as ex:
-            self._fail(ex)
-            return b""
-        if self._resume is not None and not stream.full:
-            resume, self._resume = self._resume, None
-            resume()
-        return data
-
-    def when_done(self, callback: Callable[["Response"], None]) -> None:
-        """Call `callback(response)` once it is done (at once if it already is)."""
-        if self.done:
-            callback(self)
-        else:
-            self._done_callbacks.append(callback)
-
-    def raise_for_error(self) -> "Response":
-        """Raise `error` if the response failed (for code outside the loop); else return self."""
-        if self.error is not None:
-            raise self.error
-        return self
-
-    # -- filled in by the client ----------------------------------------------------------------
-
-    def _begin(self, head: Head, decode: bool) -> None:
-        self.status, self.reason, self.version = head.status, head.reason, head.version
-        self.headers = head.headers
-        coding = (self.header("content-encoding") or "").strip().lower()
-        if decode and coding in DECODABLE and self.method != "HEAD" and head.status != 304:
-            if self._stream is not None:
-                self._stream.decode(coding)
-            else:
-                self._inflater = Inflater(coding)
-
-    def _receive(self, data: bytes, limit: int) -> None:
-        if self._stream is not None:
-            self._stream.feed(data)
-            return
-        if self._inflater is not None:  # inflate no more than the limit allows, plus one
-            self._inflater.feed(data)
-            data = self._inflate(limit - self._size + 1)
-        self._size += len(data)
-        if self._size > limit:
-            raise ProtocolError(f"response body larger than max_body ({limit} bytes)"
-                                + (" once decoded" if self._inflater is not None else ""))
-        if data:
-            self._chunks.append(data)
-
-    def _inflate(self, limit: int) -> bytes:
-        assert self._inflater is not None
-        try:
-            return self._inflater.read(limit)
-        except DecodeError as ex:
-            raise ProtocolError(str(ex)) from None
-
-    def _complete(self, trailers: list) -> None:
-        """The last byte arrived: check a coded body's end, then finish."""
-        try:
-            if self._stream is not None:
-                self._stream.end()
-            elif self._inflater is not None:
-                self._inflater.end()
-        except (ClientError, DecodeError) as ex:
-            error = ex if isinstance(ex, ClientError) else ProtocolError(str(ex))
-            self._finish(trailers, error)
-            return
-        self._finish(trailers)
-
-    def _finish(self, trailers: list, error: Optional[ClientError] = None) -> None:
-        if self.done:
-            return
-        self.trailers = trailers
-        self.error = error
-        self.done = True
-        self._resume = None
-        callbacks, self._done_callbacks = self._done_callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                logger.exception("error in a done callback of %r", self)
-
-    def _fail(self, error: ClientError) -> None:
-        self._finish(self.trailers, error)
-
-    def _restart(self, url: str, method: str) -> None:
-        """Keep this one as history; start over for a redirect to `url`."""
-        previous = Response(self.method, self.url)
-        previous.status, previous.reason, previous.version = self.status, self.reason, self.version
-        previous.headers, previous.trailers = self.headers, self.trailers
-        previous._chunks, previous.done = self._chunks, True
-        self.history.append(previous)
-        self.method, self.url = method, url
-        self.status, self.reason, self.version = None, "", None
-        self.headers, self.trailers, self._chunks, self._size = [], [], [], 0
-        self._inflater = None
-        if self._stream is not None:
-            self._stream = ResponseStream(self._stream.high_water, self._stream.on_data)
-
-
-class _Exchange:
-    """A request on its way, and the Response it fills."""
-
-    __slots__ = ("method", "target", "headers", "body", "response", "deadline", "attempts",
-                 "answered", "expect_continue", "redirects", "sink", "on_head", "writer",
-                 "idle_timeout", "discarding")
-
-    def __init__(self, method: str, target: str, headers: list,
-                 body: Union[RequestBody, bytes], response: Response, deadline: Optional[float]):
-        self.method = method
-        self.target = target
-        self.headers = headers  # every field to send, Host and Content-Length included
-        self.body = body if isinstance(body, RequestBody) else RequestBody(body)
-        self.response = response
-        self.deadline = deadline
-        self.attempts = 0  # times sent
-        self.answered = False  # a byte of the final response arrived: never resent
-        self.expect_continue = any(name.lower() == "expect" and value.lower() == "100-continue"
-                                   for name, value in headers) and not self.body.empty
-        self.redirects = 0
-        self.sink: Optional[Callable[[bytes], None]] = None  # where body bytes go, if not kept
-        self.on_head: Optional[Callable[[Head], None]] = None
-        self.writer: Optional[BodyWriter] = None  # while a streamed body goes out
-        # For streamed bodies the timeout counts from the last progress, not from the start:
-        # a gigabyte may take longer than any fixed limit, a stall may not.
-        self.idle_timeout: Optional[float] = None
-        self.discarding = False  # the body of a redirect that will be followed
-
-    def progressed(self, now: float) -> None:
-        if self.idle_timeout is not None:
-            self.deadline = now + self.idle_timeout
-
-    @property
-    def idempotent(self) -> bool:
-        return self.method in IDEMPOTENT
-
-    @property
-    def pipelinable(self) -> bool:
-        """May go behind other requests, or have others behind it, on one connection."""
-        return (self.idempotent and not self.expect_continue and self.method != "HEAD"
-                and not self.body.streamed)
-
-    def wire_head(self) -> bytes:
-        lines = [f"{self.method} {self.target} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in self.headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-# -- one connection -----------------------------------------------------------------------------
-
-class Link(Connection):
-    """A client connection: net.Connection, remembering why it was lost."""
-
-    def __init__(self, sock, peer, poller, handler):
-        self.error: Optional[BaseException] = None
-        self.full = False  # the last receive filled its buffer (the session says so)
-        super().__init__(sock, peer, poller, handler)
-
-    def _receive(self) -> None:
-        """A receive that filled its buffer means more is probably waiting: read on, a few
-        times, before going back to the poller (a download then costs fewer wake-ups)."""
-        if self.tls:
-            super()._receive()
-            return
-        for _ in range(READS_PER_WAKE):
-            self.full = False
-            if not self._receive_once() or not self.reading or not self.full:
-                return
-
-    def start_handshake(self) -> None:
-        """The client speaks first in TLS: send the ClientHello now rather than on readiness."""
-        self._handshake()
-
-    def _lost(self, ex: Optional[BaseException]) -> None:
-        if self.error is None:
-            self.error = ex
-        super()._lost(ex)
-
-
-_resolver: Optional[ThreadPoolExecutor] = None
-
-
-def _resolve(host: str, port: int) -> Future:
-    """Name resolution blocks, so it runs in a worker thread; the loop polls the Future."""
-    global _resolver
-    if _resolver is None:
-        _resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hio_http-resolve")
-    return _resolver.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
-
-
-class Session:
-    """One connection of a Client (or of an EventStream): connects, sends exchanges, parses
-    their responses in order, and hands back what it could not finish when it closes.
-
-    Its owner provides `session_ready(session)`, `exchange_ended(session, exchange, end)`,
-    `session_closed(session, unanswered, error)` and `connect_failed(session, error)`.
-    """
-
-    def __init__(self, client: "Client", owner):
-        self.client = client
-        self.owner = owner
-        self.poller = client.poller
-        self.parser = ResponseParser(client.max_header_bytes, client.max_header_count)
-        self.in_flight: collections.deque = collections.deque()
-        self.state = "connecting"
-        self.link: Optional[Link] = None
-        self.persistent = False  # an HTTP/1.1 keep-alive response came: pipelining allowed
-        self.closing = False  # nothing more goes out; closes after the last response
-        self.continuing: Optional[_Exchange] = None  # head sent, body held for 100 Continue
-        self.continue_deadline = 0.0
-        self.uploading: Optional[_Exchange] = None  # its streamed body is going out
-        self.paused = False  # reading stopped: a streamed response's consumer is behind
-        self.deadline = client.clock() + client.connect_timeout
-        self._sock: Optional[socket.socket] = None
-        self._addresses: list = []
-        self._resolving: Optional[Future] = None
-        self._last_error: Optional[BaseException] = None
-
-    def start(self) -> None:
-        """Begin connecting (after the owner has stored the session: failure may be immediate)."""
-        client = self.client
-        client.connections_opened += 1
-        try:
-            literal = ipaddress.ip_address(client.host)
-        except ValueError:
-            self._resolving = _resolve(client.host, client.port)
-        else:
-            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-            self._addresses = [(family, (client.host, client.port))]
-            self._connect_next()
-
-    # -- connecting ---------------------------------------------------------------------------
-
-    def service(self, now: float) -> None:
-        """Once a turn: resolution results, the connect deadline, the wait for 100 Continue."""
-        if self.state == "connecting":
-            if self._resolving is not None and self._resolving.done():
-                future, self._resolving = self._resolving, None
-                try:
-                    infos = future.result()
-                except OSError as ex:
-                    self._connect_failed(ConnectError(
-                        f"cannot resolve {self.client.host!r}: {ex}"), ex)
-                    return
-                self._addresses = [(info[0], info[4]) for info in infos]
-                self._connect_next()
-            elif now >= self.deadline:
-                self._connect_failed(ConnectTimeout(
-                    f"no connection to {self.client.origin} within "
-                    f"{self.client.connect_timeout} s"), None)
-        elif self.continuing is not None and now >= self.continue_deadline:
-            self._send_body()  # RFC 9110 §10.1.1: the client need not wait forever
-        elif self.uploading is not None:
-            self._upload()  # the body said "not yet", or used its share of the last turn
-
-    def _connect_next(self) -> None:
-        while self._addresses:
-            family, address = self._addresses.pop(0)
-            sock = None
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                code = sock.connect_ex(address)
-            except OSError as ex:
-                if sock is not None:
-                    sock.close()
-                self._last_error = ex
-                continue
-            if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
-                self._sock = sock
-                self._peer = address
-                self.poller.register(sock, WRITE, self._guarded(self._connected))
-                return
-            sock.close()
-            self._last_error = OSError(code, os.strerror(code))
-        self._connect_failed(ConnectError(f"cannot connect to {self.client.origin}: "
-                                          f"{self._last_error}"), self._last_error)
-
-    def _connected(self, mask: int) -> None:
-        sock, self._sock = self._sock, None
-        self.poller.unregister(sock)
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            sock.close()
-            self._last_error = OSError(code, os.strerror(code))
-            self._connect_next()
-            return
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        context = self.client.tls_context
-        if context is not None:
-            try:
-                sock = context.wrap_socket(sock, server_hostname=self.client.server_name,
-                                           do_handshake_on_connect=False)
-            except (ssl.SSLError, OSError, ValueError) as ex:
-                sock.close()
-                self._connect_failed(ConnectError(f"TLS setup failed: {ex}"), ex)
-                return
-        self.link = Link(sock, self._peer, self.poller, self)
-        # A streamed body is held at most one receive past high_water: keep receives near it.
-        self.link.receive_size = max(16 * 1024, min(RECEIVE_SIZE, self.client.high_water))
-        if context is not None:
-            self.link.start_handshake()
-        else:
-            self.connected()
-
-    def _connect_failed(self, error: ClientError, cause: Optional[BaseException]) -> None:
-        if self.state == "closed":
-            return
-        error.__cause__ = cause
-        self.state = "closed"
-        self._resolving = None
-        if self._sock is not None:
-            self.poller.unregister(self._sock)
-            self._sock.close()
-            self._sock = None
-        if self.link is not None and not self.link.closed:
-            self.link.close()
-        self.owner.connect_failed(self, error)
-
-    def _guarded(self, callback: Callable[[int], None]) -> Callable[[int], None]:
-        """Poller callbacks must never raise into the loop."""
-        def run(mask: int) -> None:
-            try:
-                callback(mask)
-            except Exception as ex:
-                logger.exception("client connection to %s failed", self.client.origin)
-                self._connect_failed(ConnectError(f"internal error while connecting: {ex}"), ex)
-        return run
-
-    # -- net.Connection events ----------------------------------------------------------------
-
-    def connected(self) -> None:
-        if self.state != "connecting":
-            return
-        self.state = "ready"
-        self.owner.session_ready(self)
-
-    def received(self, data: bytes) -> None:
-        if not self.in_flight:
-            # Nothing was asked: a server's farewell (408, say) on an idle connection.
-            logger.info("unsolicited bytes from %s; closing the connection", self.client.origin)
-            self.link.close()
-            return
-        self.link.full = len(data) >= self.link.receive_size
-        self.parser.feed(data)
-        self._take_events()
-
-    def ended(self) -> None:
-        self.parser.feed_eof()
-        self._take_events()
-        if self.link is not None and not self.link.closed:
-            self.link.close()
-
-    def drained(self) -> None:
-        if self.uploading is not None:
-            self._upload()
-
-    def closed(self) -> None:
-        if self.state == "closed":
-            return
-        if self.state == "connecting":  # the TLS handshake failed
-            cause = self.link.error if self.link is not None else None
-            self._connect_failed(ConnectError(
-                f"TLS handshake with {self.client.origin} failed: {cause}"), cause)
-            return
-        self.state = "closed"
-        self.continuing = self.uploading = None
-        unanswered = list(self.in_flight)
-        self.in_flight.clear()
-        cause = self.link.error if self.link is not None else None
-        if cause is not None:
-            error = ConnectionLost(f"connection to {self.client.origin} lost: {cause}")
-            error.__cause__ = cause
-        else:
-            error = ConnectionLost(f"{self.client.origin} closed the connection")
-        self.owner.session_closed(self, unanswered, error)
-
-    # -- requests out, responses in -----------------------------------------------------------
-
-    def can_send(self, exchange: _Exchange) -> bool:
-        if (self.state != "ready" or self.closing or self.continuing is not None
-                or self.uploading is not None):
-            return False
-        in_flight = self.in_flight
-        if not in_flight:
-            return True
-        if not self.persistent or len(in_flight) >= self.client.max_pipeline:
-            return False
-        # RFC 9112 §9.3.2: nothing is pipelined after a non-idempotent request, and a
-        # non-idempotent one waits for an empty pipeline, so a closing connection can only
-        # cost it when it was the first in line. The same holds for 100-continue and for a
-        # streamed body (which may not be sendable twice). HEAD goes alone too: see
-        # ResponseParser._step.
-        if not exchange.pipelinable:
-            return False
-        return all(sent.pipelinable for sent in in_flight)
-
-    def send(self, exchange: _Exchange) -> None:
-        exchange.attempts += 1
-        self.in_flight.append(exchange)
-        self.parser.expect(exchange.method)
-        if any(name.lower() == "connection" and "close" in _tokens(value)
-               for name, value in exchange.headers):
-            self.closing = True
-        body = exchange.body
-        if exchange.expect_continue:
-            self.continuing = exchange
-            self.continue_deadline = self.client.clock() + self.client.continue_timeout
-            self.link.send(exchange.wire_head())
-        elif body.streamed:
-            self.link.send(exchange.wire_head())
-            self._start_upload(exchange)
-        else:
-            self.link.send(exchange.wire_head() + (body.whole or b""))
-
-    def _send_body(self) -> None:
-        exchange, self.continuing = self.continuing, None
-        if exchange is not None and self.link is not None and not self.link.closed:
-            if exchange.body.streamed:
-                self._start_upload(exchange)
-            else:
-                self.link.send(exchange.body.whole or b"")
-        if self.uploading is None:
-            self.owner.session_ready(self)  # the pipeline may move again
-
-    def _start_upload(self, exchange: _Exchange) -> None:
-        exchange.writer = BodyWriter(exchange.body)
-        self.uploading = exchange
-        self._upload()
-
-    def _upload(self) -> None:
-        """Send more of a streamed body while the socket takes it (never more than the
-        high-water mark waits in our buffer); the rest on `drained()` or the next turn."""
-        exchange, link = self.uploading, self.link
-        if exchange is None or exchange.writer is None or link is None or link.closed:
-            return
-        writer = exchange.writer
-        high_water = self.client.high_water
-        before = writer.sent
-        try:
-            finished = writer.write(link, high_water, high_water * UPLOAD_BUDGET)
-        except BodyError as ex:
-            self.uploading = None
-            exchange.body.close()
-            self.abandon(exchange, ex)  # half a body: the connection cannot be reused
-            return
-        if writer.sent != before:
-            exchange.progressed(self.client.clock())
-        if finished and self.uploading is exchange:
-            self.uploading = None
-            self.owner.session_ready(self)
-
-    def _stop_upload(self, exchange: _Exchange) -> None:
-        """A final answer came before the whole body went out: send no more of it; the
-        server will not read the rest as a body, so the connection ends with this response."""
-        if exchange is self.continuing:
-            self.continuing = None
-            self.closing = True
-        if exchange is self.uploading:
-            self.uploading = None
-            exchange.body.close()
-            self.closing = True
-
-    def _pause_for(self, response: Response) -> None:
-        """A streamed body's consumer is behind: stop reading until it takes some (TCP then
-        holds the server back)."""
-        if not self.paused and self.link is not None and not self.link.closed:
-            self.paused = True
-            self.link.pause_reading()
-            response._resume = self._resume_reading
-
-    def _resume_reading(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        link = self.link
-        if link is None or link.closed:
-            return
-        if self.in_flight:
-            self.in_flight[0].progressed(self.client.clock())
-        link.resume_reading()
-        if link.tls and link.sock.pending():  # type: ignore[attr-defined]  # decrypted, unseen
-            link._ready(READ)
-
-    def abandon(self, exchange: _Exchange, error: ClientError) -> None:
-        """Fail an exchange in flight (its deadline passed): the responses behind it can no
-        longer be matched to their requests, so the connection closes too."""
-        if exchange in self.in_flight:
-            self.in_flight.remove(exchange)
-        exchange.body.close()  # a generator's cleanup runs now, not whenever it is collected
-        exchange.response._fail(error)
-        self.close()
-
-    def close(self) -> None:
-        """Close now; exchanges in flight go back to the owner as unanswered."""
-        if self.state == "connecting":
-            self._connect_failed(ConnectError("the client closed the connection"), None)
-        elif self.link is not None and not self.link.closed:
-            self.link.close()  # -> closed()
-
-    def _take_events(self) -> None:
-        while self.state == "ready" and self.in_flight:
-            exchange = self.in_flight[0]
-            try:
-                event = self.parser.next_event()
-                if event is None:
-                    return
-                if isinstance(event, Data):
-                    response = exchange.response
-                    if exchange.sink is not None:
-                        exchange.sink(event.data)
-                    elif not exchange.discarding:
-                        response._receive(event.data, self.client.max_body)
-                        exchange.progressed(self.client.clock())
-                        if response._stream is not None and response._stream.full:
-                            self._pause_for(response)
-                elif isinstance(event, Head):
-                    exchange.answered = True
-                    self._stop_upload(exchange)
-                    exchange.discarding = (exchange.response._stream is not None
-                                           and self.client.follows(exchange, event))
-                    exchange.response._begin(event, self.client.decompress)
-                    if exchange.on_head is not None:
-                        exchange.on_head(event)
-                elif isinstance(event, End):
-                    self.in_flight.popleft()
-                    self._resume_reading()
-                    if event.keep_alive and exchange.response.version == "1.1":
-                        self.persistent = True
-                    else:
-                        self.closing = True
-                    self.owner.exchange_ended(self, exchange, event)
-                    if self.closing and not self.in_flight:
-                        self.close()
-                elif isinstance(event, Interim):
-                    if event.status == 100 and exchange is self.continuing:
-                        self._send_body()
-            except ClientError as ex:
-                if ex.__cause__ is None and isinstance(ex, ConnectionLost) and self.link.error:
-                    ex.__cause__ = self.link.error
-                self.in_flight.popleft()
-                exchange.response._fail(ex)
-                self.close()
-                return
-
-
-# -- the client ---------------------------------------------------------------------------------
 
 class Client:
     """A nonblocking HTTP/1.1 client for one origin, serviced by a doer (or by hand).
@@ -927,7 +281,7 @@ class Client:
         if stream or on_data is not None:
             response._stream = ResponseStream(self.high_water, on_data)
         limit = self.timeout if timeout is ... else timeout
-        exchange = _Exchange(method, target, self.request_fields(fields, method, content), content,
+        exchange = Exchange(method, target, self.request_fields(fields, method, content), content,
                              response, self._deadline(limit))
         if stream or on_data is not None or content.streamed:
             exchange.idle_timeout = limit
@@ -1000,13 +354,13 @@ class Client:
             self.poller.poll(0)
         now = self.clock()
         if self.queue:
-            for exchange in [e for e in self.queue if _due(e, now)]:
+            for exchange in [e for e in self.queue if due(e, now)]:
                 self.queue.remove(exchange)
                 exchange.response._fail(self._timeout_error(exchange))
         session = self._session
         if session is not None:
             session.service(now)
-            for exchange in [e for e in session.in_flight if _due(e, now)]:
+            for exchange in [e for e in session.in_flight if due(e, now)]:
                 session.abandon(exchange, self._timeout_error(exchange))
         for stream in list(self.streams):
             stream._service(now)
@@ -1035,7 +389,7 @@ class Client:
     def session_ready(self, session: Session) -> None:
         self._pump()
 
-    def exchange_ended(self, session: Session, exchange: _Exchange, end: End) -> None:
+    def exchange_ended(self, session: Session, exchange: Exchange, end: End) -> None:
         response = exchange.response
         location = response.header("location")
         if response.status in REDIRECTS and location and self.max_redirects > 0:
@@ -1047,7 +401,7 @@ class Client:
             return
         response._complete(end.trailers)
 
-    def follows(self, exchange: _Exchange, head: Head) -> bool:
+    def follows(self, exchange: Exchange, head: Head) -> bool:
         """Whether a response with this head is a redirect the client will follow (so a
         streamed response's body can be dropped rather than handed to its consumer)."""
         location = next((value for name, value in head.headers if name.lower() == "location"),
@@ -1124,7 +478,7 @@ class Client:
                 retry.append(exchange)
         self.queue.extendleft(reversed(retry))
 
-    def _redirect(self, exchange: _Exchange, location: str) -> bool:
+    def _redirect(self, exchange: Exchange, location: str) -> bool:
         response = exchange.response
         url = urljoin(response.url, location)
         parts = self._same_origin(url)
@@ -1147,7 +501,7 @@ class Client:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        follow = _Exchange(method, target, fields, body, response, exchange.deadline)
+        follow = Exchange(method, target, fields, body, response, exchange.deadline)
         follow.idle_timeout = exchange.idle_timeout
         follow.redirects = exchange.redirects + 1
         response._restart(self.origin + target, method)
@@ -1217,7 +571,7 @@ class Client:
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
         return None if timeout is None else self.clock() + timeout
 
-    def _timeout_error(self, exchange: _Exchange) -> ClientTimeout:
+    def _timeout_error(self, exchange: Exchange) -> ClientTimeout:
         return ClientTimeout(f"{exchange.method} {exchange.target}: no complete response "
                              f"within the timeout")
 
@@ -1227,184 +581,6 @@ def _becomes_get(status: Optional[int], method: str) -> bool:
     every browser does. 307 and 308 repeat the method and body."""
     return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
 
-
-def _due(exchange: _Exchange, now: float) -> bool:
-    return exchange.deadline is not None and now >= exchange.deadline
-
-
-def header_list(headers: Headers) -> list:
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(_header_name(name), header_text(name, value)) for name, value in items]
-
-
-def _header_name(name: Any) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"header name must be str, not {type(name).__name__}")
-    return name
-
-
-# -- event streams ------------------------------------------------------------------------------
-
-class EventStream:
-    """A Server-Sent Events stream, followed on a connection of its own.
-
-    Parsed `Event`s collect in `events` (a deque: pop them as you go). When the stream ends or
-    the connection drops, it reconnects after `retry` ms (the server may change it) sending
-    `Last-Event-ID`; a 204 answer ends it for good, as does any other non-200 answer or a
-    Content-Type other than text/event-stream (then `error` tells why), or `close()`.
-    """
-
-    def __init__(self, client: Client, path: str, last_event_id: Optional[str] = None,
-                 headers: Headers = None, retry: int = 3000, idle_timeout: Optional[float] = None,
-                 max_reconnects: Optional[int] = None):
-        self.client = client
-        self.path = path
-        self.headers = header_list(headers)
-        self.events: collections.deque = collections.deque()
-        self.last_event_id = last_event_id or ""
-        self.retry = retry  # ms before reconnecting
-        self.idle_timeout = idle_timeout  # reconnect after this long without a byte
-        self.max_reconnects = max_reconnects
-        self.reconnects = 0
-        self.connected = False  # the current connection answered 200 text/event-stream
-        self.closed = False
-        self.error: Optional[ClientError] = None  # why the last connection ended, if it failed
-        self.response: Optional[Response] = None
-        self._session: Optional[Session] = None
-        self._exchange: Optional[_Exchange] = None
-        self._parser: Optional[EventParser] = None
-        self._reconnect_at: Optional[float] = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open" if self.connected else "connecting"
-        return f"<EventStream {self.client.origin}{self.path} {state}>"
-
-    def close(self) -> None:
-        """Stop following the stream, now and for good."""
-        self.closed = True
-        self.connected = False
-        self._reconnect_at = None
-        session, self._session = self._session, None
-        if session is not None:
-            session.in_flight.clear()
-            session.close()
-        if self in self.client.streams:
-            self.client.streams.remove(self)
-
-    # -- driven by the client -----------------------------------------------------------------
-
-    def _start(self) -> None:
-        if self.closed or self._session is not None:
-            return
-        self._reconnect_at = None
-        fields = list(self.headers)
-        fields.append(("Accept", "text/event-stream"))
-        fields.append(("Cache-Control", "no-cache"))
-        if self.last_event_id:
-            fields.append(("Last-Event-ID", self.last_event_id))
-        client = self.client
-        target = client.request_target(self.path)
-        response = Response("GET", client.origin + target)
-        fields = client.request_fields(client.default_headers + fields, "GET", b"")
-        exchange = _Exchange("GET", target, fields, b"", response,
-                             client._deadline(client.timeout))
-        exchange.sink = self._receive
-        exchange.on_head = self._head
-        self.response, self._exchange = response, exchange
-        self._parser = EventParser(self.last_event_id)
-        self._session = Session(client, self)
-        self._session.start()
-
-    def _service(self, now: float) -> None:
-        if self.closed:
-            return
-        session, exchange = self._session, self._exchange
-        if session is not None:
-            session.service(now)
-            if exchange is not None and _due(exchange, now) and exchange in session.in_flight:
-                session.abandon(exchange, ClientTimeout(
-                    f"event stream {self.path}: nothing received within the timeout"))
-        elif self._reconnect_at is not None and now >= self._reconnect_at:
-            self._start()
-
-    def session_ready(self, session: Session) -> None:
-        if session is self._session and not session.in_flight and self._exchange is not None:
-            session.send(self._exchange)
-
-    def _head(self, head: Head) -> None:
-        media = (self.response.header("content-type") or "").split(";")[0].strip().lower()
-        if head.status == 204:
-            self._end_for_good(None)
-        elif head.status != 200:
-            self._end_for_good(ProtocolError(f"event stream answered {head.status} "
-                                             f"{head.reason}"))
-        elif media != "text/event-stream":
-            self._end_for_good(ProtocolError(f"event stream answered with Content-Type "
-                                             f"{media or 'none'}"))
-        else:
-            self.connected = True
-            self.error = None
-            self._exchange.deadline = self._idle_deadline()
-
-    def _receive(self, data: bytes) -> None:
-        if self.closed or self._parser is None:
-            return
-        events = self._parser.feed(data)  # ProtocolError ends this connection (and reconnects)
-        self.last_event_id = self._parser.last_event_id
-        if self._parser.retry is not None:
-            self.retry = self._parser.retry
-        self.events.extend(events)
-        if self._exchange is not None:
-            self._exchange.deadline = self._idle_deadline()
-
-    def _idle_deadline(self) -> Optional[float]:
-        if self.idle_timeout is None:
-            return None
-        return self.client.clock() + self.idle_timeout
-
-    def exchange_ended(self, session: Session, exchange: _Exchange, end: End) -> None:
-        exchange.response._finish(end.trailers)
-        session.closing = True
-        if not self.closed:
-            self._lost(None)
-
-    def session_closed(self, session: Session, unanswered: list, error: ClientError) -> None:
-        for exchange in unanswered:
-            exchange.response._fail(error)
-        if session is self._session and not self.closed:
-            failed = self._exchange.response.error if self._exchange is not None else None
-            self._lost(failed or error)
-
-    def connect_failed(self, session: Session, error: ClientError) -> None:
-        if session is self._session and not self.closed:
-            self._exchange.response._fail(error)
-            self._lost(error)
-
-    def _lost(self, error: Optional[ClientError]) -> None:
-        """This connection is over: reconnect after `retry` ms (EventSource "reestablish")."""
-        session, self._session = self._session, None
-        self.connected = False
-        if error is not None:
-            self.error = error
-        if session is not None and session.state != "closed":
-            session.in_flight.clear()
-            session.close()
-        if self.closed:
-            return
-        if self.max_reconnects is not None and self.reconnects >= self.max_reconnects:
-            self.closed = True
-            return
-        self.reconnects += 1
-        self._reconnect_at = self.client.clock() + self.retry / 1000.0
-
-    def _end_for_good(self, error: Optional[ClientError]) -> None:
-        self.error = error
-        self.close()
-
-
-# -- the doer -----------------------------------------------------------------------------------
 
 class ClientDoer(Doer):
     """Runs a Client in a Doist: opens it on enter, services it every turn, closes it on exit.

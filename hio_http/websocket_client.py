@@ -35,7 +35,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .clienting import Headers, header_list, Link, Session
+from .client_session import Headers, Link, Session, header_list
 from .grammar import is_token
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
