@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from . import __version__
+from .version import __version__
 from .settings import fields
 
 if sys.version_info >= (3, 11):
