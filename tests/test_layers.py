@@ -16,7 +16,7 @@ LAYERS = {
     3: ["net"],
     4: ["grammar"],
     5: ["requesting", "responding", "compression", "client_parsing", "client_bodies", "proxying",
-        "accesslog", "websocket_frames", "pool", "tuning"],
+        "accesslog", "websocket_frames", "pool"],
     6: ["threaded", "settings", "client_response"],
     7: ["client_session", "sse", "static", "websocket"],
     8: ["serving"],
@@ -24,7 +24,7 @@ LAYERS = {
     10: ["compat", "compat.http", "compat.http.adapting", "compat.http.serving",
          "compat.http.clienting"],
     11: ["testing", "pytest_plugin"],
-    12: ["demo", "config", "workers", "cli", "__main__", ""],  # "": the package's re-exports
+    12: ["demo", "config", "workers", "cli", "tuning", "__main__", ""],  # "": the package's re-exports
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 
