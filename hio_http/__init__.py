@@ -16,7 +16,7 @@ from .serving import BareServer, Server, ServerDoer, Settings, Steward, openServ
 from .sse import Broadcaster, format_event
 from .timing import Tymee, Tymer, Tymist
 
-from .version import __version__
+from .version import __version__  # noqa: F401  (re-exported)
 
 _LAZY = {"StaticSink": "static"}  # name -> module, imported when the name is first used
 

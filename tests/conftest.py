@@ -11,27 +11,20 @@ from wsgiref.validate import validator
 
 import pytest
 
-from hio_http.testing import serve_in_thread
 
 
 @pytest.fixture
-def serve():
-    """serve(app, **settings) -> a server running in a background thread, closed at the end.
+def serve(hio_server):
+    """serve(app, **settings) -> a server running in a background thread, closed at the end
+    (the plugin's `hio_server`).
 
     Every app is wrapped in wsgiref's validator; with warnings as errors (setup.cfg) any
     PEP 3333 violation by server or app fails the request, and so the test.
     """
-    stack = []
-
     def start(app, validate=True, **settings):
-        context = serve_in_thread(validator(app) if validate else app, **settings)
-        server = context.__enter__()
-        stack.append(context)
-        return server
+        return hio_server(validator(app) if validate else app, **settings)
 
-    yield start
-    while stack:
-        stack.pop().__exit__(None, None, None)
+    return start
 
 
 def raw_connect(server, timeout=5.0):
@@ -108,3 +101,21 @@ def stdlib_server(handler_class):
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, for a program that must be told its port before it
+    binds (nginx, hio): another process could take it in between, which is why our own servers
+    bind port 0 and report the port they got instead."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def refusing_port():
+    """A port on 127.0.0.1 held bound but not listening for the test: connections to it are
+    refused, and nothing else can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

@@ -2,7 +2,6 @@
 over several ticks, streaming, beside a WSGI app and a user doer in one Doist."""
 
 import http.client
-import json
 import logging
 import threading
 

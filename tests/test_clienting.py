@@ -123,12 +123,6 @@ def reply(body, extra=b""):
     return (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def waitress_server(app):
     """waitress in a thread. Its loop runs until its last connection is gone, so tests close
@@ -718,8 +712,8 @@ def test_server_name_is_what_the_certificate_is_checked_against(certificate):
 
 # -- failures: each lands on its response, the loop runs on ----------------------------------------
 
-def test_refused_connection():
-    client = Client(f"http://127.0.0.1:{free_port()}")
+def test_refused_connection(refusing_port):
+    client = Client(f"http://127.0.0.1:{refusing_port}")
     responses = [client.get("/"), client.post("/", body=b"x")]
     client.run_until(lambda: all(r.done for r in responses), timeout=5)
     for response in responses:
@@ -829,7 +823,7 @@ def test_requests_are_pipelined_once_the_connection_is_persistent():
         client.close()
 
 
-def test_errors_never_reach_the_doist():
+def test_errors_never_reach_the_doist(refusing_port):
     class Boom(Doer):
         """Requests that all fail, each turn, while the loop runs on."""
 
@@ -841,7 +835,7 @@ def test_errors_never_reach_the_doist():
             self.responses.append(self.client.get("/"))
             return False
 
-    client = Client(f"http://127.0.0.1:{free_port()}")
+    client = Client(f"http://127.0.0.1:{refusing_port}")
     boom = Boom(client)
     client_doer = ClientDoer(client)
     doist = Doist(tock=0.03125, real=False, limit=0.5, doers=[client_doer, boom])

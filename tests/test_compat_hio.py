@@ -21,6 +21,8 @@ import requests
 from hio.base import doing, tyming
 from hio.core import tcp
 
+from conftest import free_port  # hio cannot bind port 0 (it becomes 80): the shared tests need one
+
 MODULES = ["hio.core.http", "hio_http.compat.http"]
 CESR_ATTACHMENT = b"-VAi-CABBD8-gMSJ6K1PQ7_gG5ZJn2NkHQJgdkiNrTBz_FWWS_cC0AAAAAAAAAAAAAAAAAAAAAAA"
 EVENTS = 3
@@ -39,14 +41,6 @@ def quiet_hio_deprecations():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         yield
-
-
-def free_port():
-    """A port free a moment ago: hio cannot bind port 0 (it becomes 80), so the shared tests
-    pick one this way."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the daemon's app: Falcon endpoints, an event stream fed by another doer, static files ----
@@ -467,8 +461,8 @@ def test_keywords_without_meaning_warn_once_and_typos_are_errors():
         ours.Client(hostnme="127.0.0.1")
 
 
-def test_transport_errors_land_in_the_response_and_bad_headers_raise_at_once():
-    port = free_port()  # nothing listens there
+def test_transport_errors_land_in_the_response_and_bad_headers_raise_at_once(refusing_port):
+    port = refusing_port
     client = ours.Client(hostname="127.0.0.1", port=port)
     with pytest.raises(TypeError, match="str, bytes-like or int"):
         client.request(method="GET", path="/", headers={"X-Odd": 1.5})

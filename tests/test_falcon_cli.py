@@ -4,7 +4,6 @@
 import hashlib
 import os
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -52,19 +51,12 @@ APP = textwrap.dedent('''
 ''')
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def falcon_server(tmp_path):
     (tmp_path / "shop.py").write_text(APP)
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "data.bin").write_bytes(bytes(range(256)) * 400)
-    port = free_port()
-    process, url = start([sys.executable, "-m", "hio_http", "--bind", f"127.0.0.1:{port}",
+    process, url = start([sys.executable, "-m", "hio_http", "--bind", "127.0.0.1:0",
                           "shop:app"], cwd=tmp_path)
     yield process, url
     if process.poll() is None:

@@ -10,7 +10,7 @@ import requests
 from hio_http.doing import Doer, Doist
 from hio_http.serving import Server, ServerDoer, openServer
 
-from conftest import is_closed, read_until_closed
+from conftest import is_closed
 
 
 def app(environ, start_response):

@@ -96,6 +96,11 @@ def test_sighup_reopens_the_access_log(app_dir):
     process, url = run(["--port", "0", "--access-log", str(log), "opsapp:app"], app_dir)
     try:
         requests.get(url + "/first", timeout=5)
+        # The line is written once the response is out: wait for it, as logrotate would find
+        # it in the file it moves.
+        deadline = time.monotonic() + 5
+        while "/first" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         log.rename(app_dir / "access.log.1")  # what logrotate does
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 5

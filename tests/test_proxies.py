@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import read_until_closed
+from conftest import free_port, read_until_closed
 from test_cli import start, stop
 
 
@@ -107,12 +107,6 @@ def test_malformed_proxy_header_closes_the_connection(serve):
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                   else None)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -89,12 +89,6 @@ def loop():
         yield loop
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- against our server, in one simulated loop --------------------------------------------------
 
 def test_echo_text_and_binary_sent_before_and_after_the_handshake(loop):
@@ -337,9 +331,9 @@ def test_websockets_server_echo_compression_and_close_codes():
 
 # -- failures: each lands on ws.error, the loop runs on ----------------------------------------
 
-def test_refused_connection_lands_on_ws_error():
+def test_refused_connection_lands_on_ws_error(refusing_port):
     closes = []
-    client = Client(f"http://127.0.0.1:{free_port()}")
+    client = Client(f"http://127.0.0.1:{refusing_port}")
     ws = client.websocket("/ws", on_close=lambda *args: closes.append(args))
     client.run_until(lambda: ws.closed, timeout=TIMEOUT)
     assert isinstance(ws.error, ConnectError)
@@ -348,7 +342,7 @@ def test_refused_connection_lands_on_ws_error():
     client.close()
 
 
-def test_refused_websockets_never_reach_the_doist():
+def test_refused_websockets_never_reach_the_doist(refusing_port):
     class Opener(Doer):
         """A new WebSocket to nowhere every turn."""
 
@@ -361,7 +355,7 @@ def test_refused_websockets_never_reach_the_doist():
             self.sockets[-1].send("lost")
             return False
 
-    client = Client(f"http://127.0.0.1:{free_port()}")
+    client = Client(f"http://127.0.0.1:{refusing_port}")
     opener = Opener(client)
     client_doer = ClientDoer(client)
     Doist(tock=0.03125, real=False, limit=0.5, doers=[client_doer, opener]).do()
