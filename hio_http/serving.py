@@ -292,7 +292,7 @@ class Steward:
                 responder.keep_alive = False
         if self.responder is None and self._idle():
             self._expect("idle", self.server.drain_left())
-        elif self.state == "waiting" and _is_event_stream(self.responder):
+        elif self.state == "waiting" and is_event_stream(self.responder):
             self.responder.finish()
             self._finish_response()
 
@@ -516,7 +516,7 @@ def _unread_bytes(sock: socket.socket) -> int:
     return int.from_bytes(buffer, sys.byteorder)
 
 
-def _is_event_stream(responder: Optional[BaseResponder]) -> bool:
+def is_event_stream(responder: Optional[BaseResponder]) -> bool:
     """A response that is an open-ended event stream, its head out and its body parked."""
     if responder is None or not responder.head_sent or responder.working:
         return False
