@@ -298,3 +298,31 @@ def test_metrics_keep_the_counts_of_workers_that_exited(app_dir):
         assert after[gets] == 20 and after["hio_http_worker_restarts_total[]"] == 2
     finally:
         assert stop(process) == 0
+
+
+def test_sighup_closes_websockets_with_1001_and_ends_event_streams(tmp_path):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    process, url, output = run(["--workers", "2"], tmp_path)  # the demo app
+    try:
+        ws_url = url.replace("http://", "ws://") + "/ws/echo"
+        with connect(ws_url) as ws, requests.get(url + "/events", stream=True,
+                                                 timeout=10) as stream:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "echo: hi"
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith(b"data: tick"))
+            process.send_signal(signal.SIGHUP)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert ws.close_code == 1001
+            started = time.monotonic()
+            for _ in lines:  # ends, properly framed (a broken chunked body would raise)
+                assert time.monotonic() - started < 10
+        wait_for(lambda: "reloaded: generation 1 serves" in output.text)
+        with connect(ws_url) as ws:
+            ws.send("again")
+            assert ws.recv(timeout=5) == "echo: again"
+    finally:
+        assert stop(process) == 0
