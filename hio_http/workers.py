@@ -312,7 +312,8 @@ class Supervisor:
                 self._ready(pid, worker)
             elif kind == RETIRE and not worker.retiring:
                 self._spawn(worker.generation, replaces=pid)
-            elif kind == RELOAD:
+            elif (kind == RELOAD and worker.generation == self.generation
+                  and not worker.retiring):  # the others saw the same change: one reload
                 self.reload()
 
     def _ready(self, pid: int, worker: _Worker) -> None:
