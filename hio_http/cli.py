@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from .config import ConfigError, gather, parse_bind, settings_from
 from .doing import Doist, EndWhen
-from .metrics import Board, GaugeDoer, Metrics, answer_scrape, scrape_handler, scraper
+from .metrics import Board, MetricsDoer, Metrics, answer_scrape, scrape_handler, scraper
 from .net import listen
 from .reloading import SourceWatch, app_sources
 from .serving import BareServer, Server, ServerDoer
@@ -149,7 +149,7 @@ def serve(app, sockets, settings: dict, options: dict, board: Optional[Board] = 
     if board is not None:
         metrics = Metrics(board, link.slot if link is not None else 0)
         server.metrics = metrics
-        doers.append(GaugeDoer(server, metrics))
+        doers.append(MetricsDoer(server, metrics))
     server.open()
     server_doer = ServerDoer(server)
     doers.insert(0, server_doer)

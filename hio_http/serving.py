@@ -148,8 +148,9 @@ class Steward:
     def received(self, data: bytes) -> None:
         if self.refused:
             return  # an error was answered: nothing more is parsed on this connection
-        if self.server.metrics is not None:
-            self.server.metrics.received(len(data))
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.received += len(data)
         if self.proxy_header is not None:
             data = self._take_proxy_header(data)
             if not data:
@@ -587,8 +588,8 @@ class BaseServer:
         self.served = 0  # responses finished
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
                        else None)
-        # Told of every response and of the bytes received (`responded`, `received`); see
-        # hio_http.metrics. Set before `open()`.
+        # Told of every finished response (`responded(responder, started)`) and of the bytes
+        # received (added to `received`); see hio_http.metrics. Set before `open()`.
         self.metrics = None
         self.timed = self.access is not None  # whether responses note when they began
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)

@@ -262,9 +262,11 @@ def test_metrics_of_all_workers_move_with_traffic(app_dir, workers):
             assert session.get(url + "/", timeout=5).status_code == 200
             during = wait_for(lambda: (lambda m: m.get("hio_http_connections[('kind', 'http')]")
                                        and m)(scrape(metrics_url)))
-        after = scrape(metrics_url)
         posts = "hio_http_requests_total[('method', 'POST'), ('status', '2xx')]"
         gets = "hio_http_requests_total[('method', 'GET'), ('status', '2xx')]"
+        # Counters are published twice a second: wait for all of them.
+        after = wait_for(lambda: (lambda m: m.get(gets, 0) - before.get(gets, 0) >= 1 and m)(
+            scrape(metrics_url)))
         assert after[posts] - before.get(posts, 0) == 40
         assert after[gets] - before.get(gets, 0) == 1
         count = "hio_http_request_duration_seconds_count[]"
@@ -289,7 +291,7 @@ def test_metrics_keep_the_counts_of_workers_that_exited(app_dir):
         for _ in range(20):
             requests.get(url, headers={"Connection": "close"}, timeout=5)
         gets = "hio_http_requests_total[('method', 'GET'), ('status', '2xx')]"
-        assert scrape(metrics_url)[gets] == 20
+        wait_for(lambda: scrape(metrics_url).get(gets) == 20)
         old = children_of(process.pid)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: len(children_of(process.pid)) == 2
