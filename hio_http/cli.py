@@ -73,12 +73,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if metrics_socket is not None:
         logger.info("metrics on %s/metrics", url_of(metrics_socket, "http"))
     try:
-        write_pid_file(options["pid"])
-    except OSError as ex:
-        print(f"hio-http: error: cannot write pid file {options['pid']}: {ex.strerror or ex}",
-              file=sys.stderr)
-        return 1
-    try:
+        try:
+            write_pid_file(options["pid"])
+        except OSError as ex:
+            print(f"hio-http: error: cannot write pid file {options['pid']}: "
+                  f"{ex.strerror or ex}", file=sys.stderr)
+            return 1
         keep_freed_memory()  # before forking workers, so that each inherits it
         if supervised_mode:
             code = supervise(sockets, settings, options, metrics_socket)
