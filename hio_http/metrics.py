@@ -1,7 +1,7 @@
 """Prometheus metrics (`--metrics-bind`): each process counts in a plain list (no locks) and
 publishes it twice a second to its own slot of a shared board of doubles (one writer per slot);
-one scrape of the listener adds up every worker's slot. Counters of workers that exited are folded into the supervisor's
-totals, so they never go down. Nothing here runs unless metrics are asked for.
+one scrape of the listener adds up every worker's slot. Counters of workers that exited are
+folded into the supervisor's totals, so they never go down. Nothing here runs unless metrics are asked for.
 """
 
 from __future__ import annotations

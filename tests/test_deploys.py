@@ -1,10 +1,8 @@
 """Deploys over real processes: SIGHUP reloads under load, --max-requests recycling, --reload,
 SIGTTIN / SIGTTOU, SIGUSR1, --pid, and the Prometheus metrics of all workers."""
 
-import os
 import re
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
