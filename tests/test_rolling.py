@@ -106,3 +106,30 @@ def test_idle_connections_close_when_the_drain_window_ends():
         sock.close()
         served.thread.join(5)
         assert served.doer.done  # drained, well before the graceful timeout
+
+
+def test_an_idle_deadline_never_closes_a_connection_whose_unread_bytes_hold_a_request():
+    from hio_http.testing import Loop
+
+    with Loop(hello, drain_window=0.0, graceful_timeout=5.0) as loop:
+        sock = socket.create_connection(loop.server.address[:2], timeout=5)
+        sock.setblocking(False)
+        received = bytearray()
+
+        def answered(count):
+            try:
+                received.extend(sock.recv(65536))
+            except BlockingIOError:
+                pass
+            return received.count(b"hello") >= count
+
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        loop.run_until(lambda: answered(1))
+        loop.server.shutdown()  # no drain window: the idle connection is due to close now
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")  # ...as a request arrives
+        # The sweep comes before the loop has read those bytes.
+        loop.server.sweep(loop.server.clock() + 1.0)
+        loop.run_until(lambda: answered(2))
+        second = bytes(received).split(b"hello", 1)[1]
+        assert second.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in second
+        sock.close()
