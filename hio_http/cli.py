@@ -136,7 +136,11 @@ def supervise(sockets: list, settings: dict, options: dict, metrics_socket) -> i
                          lambda: supervisor.restarts)
         listeners.append((metrics_socket, lambda: answer_scrape(metrics_socket, scrape)))
         supervisor.listeners = listeners
-    return supervisor.run()
+    code = supervisor.run()
+    if code == APP_FAILED:
+        print(f"hio-http: error: the workers cannot load {options['app']} (why is logged "
+              "above)", file=sys.stderr)
+    return code
 
 
 def serve(app, sockets, settings: dict, options: dict, board: Optional[Board] = None,

@@ -3,6 +3,7 @@ SIGTTIN / SIGTTOU, SIGUSR1, --pid, and the Prometheus metrics of all workers."""
 
 import re
 import signal
+import subprocess
 import sys
 import textwrap
 import threading
@@ -192,6 +193,16 @@ def test_reload_picks_up_an_edited_file_and_skips_one_that_does_not_compile(app_
         wait_for(lambda: requests.get(url, timeout=5).text.startswith("fixed "))
     finally:
         assert stop(process) == 0
+
+
+def test_workers_that_cannot_import_the_app_end_the_supervisor_with_code_2(app_dir):
+    result = subprocess.run([sys.executable, "-m", "hio_http", "--port", "0", "--workers", "2",
+                             "nosuchmodule:app"], cwd=app_dir, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "cannot import 'nosuchmodule'" in result.stderr
+    assert "hio-http: error: the workers cannot load nosuchmodule:app" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_ttin_adds_and_ttou_retires_a_worker(app_dir):
