@@ -1,6 +1,7 @@
 """Deploys over real processes: SIGHUP reloads under load, --max-requests recycling, --reload,
 SIGTTIN / SIGTTOU, SIGUSR1, --pid, and the Prometheus metrics of all workers."""
 
+import concurrent.futures
 import re
 import signal
 import subprocess
@@ -335,5 +336,36 @@ def test_sighup_closes_websockets_with_1001_and_ends_event_streams(tmp_path):
         with connect(ws_url) as ws:
             ws.send("again")
             assert ws.recv(timeout=5) == "echo: again"
+    finally:
+        assert stop(process) == 0
+
+
+SLOW_APP = textwrap.dedent('''
+    import time
+
+    def app(environ, start_response):
+        time.sleep(float(environ["QUERY_STRING"] or 0))  # blocks: a loop stall, or a busy thread
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+''')
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_metrics_gauges_show_a_blocked_request_and_stalls_count(tmp_path, threads):
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    process, url, output = run(["--threads", str(threads), "--stall-warning", "0.3",
+                                "--metrics-bind", "127.0.0.1:0", "slowapp:app"], tmp_path)
+    try:
+        metrics_url = wait_for(lambda: re.search(r"metrics on (http://\S+)", output.text)).group(1)
+        if threads:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(requests.get, url + "/?2", timeout=10)
+                during = wait_for(lambda: (lambda m: m["hio_http_app_pool_busy[]"] == 1 and m)(
+                    scrape(metrics_url)))
+                assert during["hio_http_requests_in_flight[]"] == 1
+                assert slow.result().status_code == 200
+        else:  # on the loop: the scrape waits with everything else, and the stall counts
+            assert requests.get(url + "/?0.6", timeout=10).status_code == 200
+            wait_for(lambda: scrape(metrics_url)["hio_http_loop_stalls_total[]"] >= 1)
     finally:
         assert stop(process) == 0
