@@ -28,6 +28,10 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 # is a WebSocket handshake for one of the server's `websockets` endpoints; then `switch()` hands
 # the connection to a protocol object (websocket.WebSocketSession) that takes the Steward's place
 # both as the Connection's handler and in the server's stewards (deadline, sweep, shutdown).
+# Draining (shutdown): every response says Connection: close and ends its connection; an idle
+# connection's deadline becomes the end of `drain_window` (a proxy may be sending on it until
+# it has marked this server down), and an idle deadline never closes a connection with unread
+# bytes: they are a request, to be answered.
 
 from __future__ import annotations
 
