@@ -153,15 +153,16 @@ def serve(app, sockets, settings: dict, options: dict, board: Optional[Board] = 
     if board is not None:
         metrics = Metrics(board, link.slot if link is not None else 0)
         server.metrics = metrics
-        doers.append(MetricsDoer(server, metrics))
+        exporter = None
+        if metrics_socket is not None:  # a single process answers scrapes on its own loop
+            exporter = BareServer(handler=scrape_handler(scraper(board, lambda: [0],
+                                                                 lambda: 0)),
+                                  poller=doist.poller, sockets=[metrics_socket])
+            exporter.open()
+        doers.append(MetricsDoer(server, metrics, exporter))
     server.open()
     server_doer = ServerDoer(server)
     doers.insert(0, server_doer)
-    if metrics_socket is not None:  # a single process answers scrapes on its own loop
-        exporter = BareServer(handler=scrape_handler(scraper(board, lambda: [0], lambda: 0)),
-                              poller=doist.poller, sockets=[metrics_socket])
-        exporter.open()
-        doers.append(ServerDoer(exporter))
     beat = heartbeat()
     if beat is not None:  # a supervised worker: show the supervisor that the loop turns
         doers.append(beat.doer())

@@ -102,12 +102,17 @@ class Metrics:
 
 class MetricsDoer(Doer):
     """Every GAUGE_INTERVAL, publishes the counters and counts what is open now: requests in
-    flight, connections by kind, the app pool's queue, and the loop's stalls so far."""
+    flight, connections by kind, the app pool's queue, and the loop's stalls so far.
 
-    def __init__(self, server, metrics: Metrics, **kwa):
+    In a single process it also looks after the `exporter` answering scrapes: its sockets
+    are served by the shared Poller as they get ready, and only its deadlines need a turn now
+    and then. (A ServerDoer of its own would be asked whether it is `urgent` on every pass
+    of the loop, which costs the busy server more than the metrics themselves.)"""
+
+    def __init__(self, server, metrics: Metrics, exporter=None, **kwa):
         kwa.setdefault("tock", GAUGE_INTERVAL)
         super().__init__(**kwa)
-        self.server, self.metrics = server, metrics
+        self.server, self.metrics, self.exporter = server, metrics, exporter
 
     def recur(self, tyme: float) -> bool:
         server, metrics = self.server, self.metrics
@@ -133,10 +138,14 @@ class MetricsDoer(Doer):
         pool = getattr(server, "pool", None)
         values[POOL_QUEUED] = pool.queued if pool is not None else 0
         values[POOL_BUSY] = pool.busy if pool is not None else 0
+        if self.exporter is not None:
+            self.exporter.service()
         return False
 
     def exit(self) -> None:
         self.metrics.publish()  # the last responses count too
+        if self.exporter is not None:
+            self.exporter.close()
 
 
 def render(total: list, workers: int, restarts: int) -> bytes:
