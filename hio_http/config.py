@@ -38,6 +38,15 @@ COMMAND_OPTIONS = [
     ("tock", float, 0.03125, "seconds per tick of the scheduler"),
     ("log_level", str, "info", "debug, info, warning, error or critical"),
     ("access_log", str, None, "write access log lines to this file ('-' for stdout)"),
+    ("pid", str, None, "write the (supervisor's) process id to this file once listening; "
+                       "removed on exit"),
+    ("max_requests", int, 0, "a worker retires gracefully after this many requests, its "
+                             "replacement started first (0: never)"),
+    ("max_requests_jitter", int, 0, "add a random 0 to this many to --max-requests per "
+                                    "worker, so that workers do not retire together"),
+    ("reload", bool, False, "development: reload the app when one of its source files "
+                            "changes (a file that does not compile is logged, and skipped)"),
+    ("metrics_bind", str, None, "HOST:PORT: serve Prometheus metrics of all workers there"),
 ]
 
 

@@ -107,19 +107,31 @@ class Acceptor:
             self.accepting = True
 
     def _ready(self, mask: int) -> None:
+        self._accept_some(stop_when_paused=True)
+
+    def _accept_some(self, stop_when_paused: bool = False) -> bool:
+        """Accept up to ACCEPTS_PER_WAKE connections; False once none is left."""
         for _ in range(ACCEPTS_PER_WAKE):
             try:
                 sock, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as ex:  # EMFILE, ECONNABORTED...: log and try again on the next wake
                 logger.warning("accept failed on %s: %s", self.address, ex)
-                return
+                return False
             sock.setblocking(False)
             if not self.unix:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.on_accept(sock, peer)
-            if not self.accepting:  # the handler paused us (connection limit reached)
+            if stop_when_paused and not self.accepting:  # the handler paused us (limit reached)
+                return False
+        return True
+
+    def take_waiting(self, most: int = 4096) -> None:
+        """Accept the connections waiting in the backlog now (before a close that would reset
+        them), at most `most` of them."""
+        for _ in range(0, most, ACCEPTS_PER_WAKE):
+            if self.sock.fileno() < 0 or not self._accept_some():
                 return
 
     def close(self) -> None:

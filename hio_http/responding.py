@@ -272,6 +272,11 @@ class BaseResponder:
             self.broken = True
             self.keep_alive = False
 
+    def end_now(self) -> None:
+        """End a body that waits for data ("not yet") here, properly framed: the server is
+        draining and will not wait for the rest (an event stream's client reconnects)."""
+        self.finish()
+
     def send_error(self, code: int, message: str = "") -> None:
         """A plain-text error response that closes the connection (nothing sent yet)."""
         self.keep_alive = False

@@ -28,14 +28,21 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 # is a WebSocket handshake for one of the server's `websockets` endpoints; then `switch()` hands
 # the connection to a protocol object (websocket.WebSocketSession) that takes the Steward's place
 # both as the Connection's handler and in the server's stewards (deadline, sweep, shutdown).
+# Draining (shutdown): every response says Connection: close and ends its connection; an idle
+# connection's deadline becomes the end of `drain_window` (a proxy may be sending on it until
+# it has marked this server down), and an idle deadline never closes a connection with unread
+# bytes: they are a request, to be answered.
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import logging
 import math
 import socket
+import sys
+import termios
 import time
 from collections import deque
 from typing import Callable, Iterator, Optional
@@ -157,6 +164,9 @@ class Steward:
     def received(self, data: bytes) -> None:
         if self.refused:
             return  # an error was answered: nothing more is parsed on this connection
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.received += len(data)
         if self.proxy_header is not None:
             data = self._take_proxy_header(data)
             if not data:
@@ -289,14 +299,23 @@ class Steward:
             self.server.nudge(self)
 
     def wind_down(self) -> None:
-        """The server is shutting down: close now if idle, else after the current response,
-        which says so (Connection: close) unless its head is out already."""
-        if self.responder is None and self._idle():
-            self.connection.close()
-            return
+        """The server is draining. Every response from now on says Connection: close (unless
+        its head is out already) and ends the connection. An idle connection stays open until
+        the drain window ends, since a load balancer may be sending a request on it right now:
+        closing it would lose that request. An event stream ends now (its client reconnects,
+        to another process)."""
         for responder in (self.responder, *(early for early, _ in self.ahead)):
             if responder is not None and not responder.head_sent:
                 responder.keep_alive = False
+        if self.responder is None and self._idle():
+            self._expect("idle", self.server.drain_left())
+        elif self.state == "waiting" and is_event_stream(self.responder):
+            self.responder.end_now()
+            self._finish_response()
+
+    def _unread(self) -> bool:
+        """Whether bytes from the client wait in the kernel, unread (a request on its way)."""
+        return _unread_bytes(self.connection.sock) > 0
 
     def _idle(self) -> bool:
         requestant = self.requestant
@@ -315,7 +334,7 @@ class Steward:
         if self.ahead:
             responder, started = self.ahead.popleft()
             self.responder = responder
-            if self.server.access is not None:
+            if self.server.timed:
                 self.started = time.time()
             if not started:
                 self._start(responder)
@@ -340,7 +359,7 @@ class Steward:
                 return False
             self.deferred = None
             self.responder = responder
-            if self.server.access is not None:
+            if self.server.timed:
                 self.started = time.time()
             self._start(responder)
             # Starting may already lose the client (a sendfile to a reset peer), which closes
@@ -350,8 +369,9 @@ class Steward:
             self._answer_error(self.error.status, self.error.message)
             return False
         current = requestant.current
-        if self.eof or (self.server.closing and self._idle()):
-            # Nothing is left to answer, or we are shutting down: what is queued still goes.
+        server = self.server
+        if self.eof or (server.closing and self._idle() and not server.drain_left()):
+            # Nothing is left to answer, or the drain window is over: what is queued still goes.
             self.connection.close_when_drained()
         elif current is not None:
             if not self._check_expectation(current):
@@ -361,7 +381,8 @@ class Steward:
             if self.state != "head":
                 self._expect("head", self.settings.header_timeout)
         else:
-            self._expect("idle", self.settings.idle_timeout)
+            self._expect("idle", server.drain_left() if server.closing
+                         else self.settings.idle_timeout)
         return False
 
     def _begin_ahead(self) -> None:
@@ -421,14 +442,18 @@ class Steward:
         responder, self.responder = self.responder, None
         if responder is None:  # the connection closed under it (a reset while writing)
             return False
-        self.server.waiting.discard(self)
+        server = self.server
+        server.waiting.discard(self)
         responder.close()
-        if self.server.access is not None:
-            self.server.access.log(self.connection.peer, responder, self.started)
+        server.served += 1
+        if server.access is not None:
+            server.access.log(self.connection.peer, responder, self.started)
+        if server.metrics is not None:
+            server.metrics.responded(responder, self.started)
         if responder.broken:
             self.connection.close()  # a truncated response must not look complete
             return False
-        if not responder.keep_alive or self.server.closing:
+        if not responder.keep_alive or server.closing:
             self.connection.close_when_drained()
             return False
         return True
@@ -485,6 +510,10 @@ class Steward:
         if self.state == "waiting":
             self.resume()
             return
+        if self.state == "idle" and self._unread():
+            # A request arrived as the deadline passed: closing now would lose it unanswered.
+            self._expect("idle", self.server.sweep_interval)
+            return
         logger.info("closing %s connection from %s: %s timeout", self.state,
                     self.connection.peer, self.state)
         if self.state in ("head", "body") and self.responder is None and not self.connection.pending:
@@ -494,6 +523,25 @@ class Steward:
             self.state = "closing"
         else:
             self.connection.close()
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD), 0 if it cannot say."""
+    try:
+        buffer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(buffer, sys.byteorder)
+
+
+def is_event_stream(responder: Optional[BaseResponder]) -> bool:
+    """A response that is an open-ended event stream, its head out and its body parked."""
+    if responder is None or not responder.head_sent or responder.working:
+        return False
+    for name, value in responder.headers:
+        if name.lower() == "content-type":
+            return value.lower().startswith("text/event-stream")
+    return False
 
 
 class _Unparsed:
@@ -558,8 +606,14 @@ class BaseServer:
         self.stalls: Optional[StallWatch] = None  # told what the loop is doing, when set
         self.closing = False
         self.opened = False
+        self.drain_until = math.inf  # on `clock`: idle connections close then, once draining
+        self.served = 0  # responses finished
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
                        else None)
+        # Told of every finished response (`responded(responder, started)`) and of the bytes
+        # received (added to `received`); see hio_http.metrics. Set before `open()`.
+        self.metrics = None
+        self.timed = self.access is not None  # whether responses note when they began
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
         self._next_sweep = math.inf  # the earliest deadline not yet swept
         self._last_sweep = -math.inf
@@ -580,6 +634,7 @@ class BaseServer:
             self.poller = Poller()
             self.owns_poller = True
         settings = self.settings
+        self.timed = self.access is not None or self.metrics is not None
         try:
             for sock in self.sockets:
                 self.acceptors.append(Acceptor(None, self.poller, self._accept, sock=sock))
@@ -601,15 +656,25 @@ class BaseServer:
         return [first, *settings.binds]
 
     def shutdown(self) -> None:
-        """Begin a graceful stop: listen no more, close idle connections, and let those with a
-        request in flight finish it (their response ends the connection). `drained` turns True
+        """Begin a graceful stop (draining): listen no more, answer every request still coming
+        on open connections with Connection: close, end event streams and WebSockets (1001),
+        and close connections left idle once `drain_window` has passed. `drained` turns True
         when the last one closes; `close()` ends the rest at once."""
         if self.closing:
             return
+        for acceptor in self.acceptors:
+            # Connections the kernel completed but nobody accepted would be reset by the
+            # close below, after the client may have sent its request: take them first.
+            acceptor.take_waiting()
         self.closing = True
+        self.drain_until = self.clock() + self.settings.drain_window
         self._close_acceptors()
         for steward in list(self.stewards):
             steward.wind_down()
+
+    def drain_left(self) -> float:
+        """Seconds left of the drain window (0 when it is over, or not draining)."""
+        return max(0.0, self.drain_until - self.clock()) if self.closing else 0.0
 
     @property
     def drained(self) -> bool:

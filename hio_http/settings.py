@@ -39,6 +39,10 @@ class Settings:
     write_timeout: float = setting(60.0, "longest a client may leave the send buffer undrained")
     handshake_timeout: float = setting(10.0, "time allowed for a TLS handshake")
     graceful_timeout: float = setting(30.0, "on shutdown, time allowed for in-flight requests")
+    drain_window: float = setting(5.0, "on shutdown, how long idle keep-alive connections "
+                                       "stay open, answering what still comes with "
+                                       "Connection: close (make it longer than a load "
+                                       "balancer takes to mark the server down)")
     sweep_interval: float = setting(0.5, "deadlines are met within this (the least time between "
                                     "two sweeps of them)")
     high_water: int = setting(64 * 1024, "pull no more response body while this much is unsent")

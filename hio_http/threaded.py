@@ -193,6 +193,12 @@ class ThreadedResponder(Responder):
         elif not self.pool.submit(self._close_app, force=True):  # the pool is shut down
             self._close_app()
 
+    def end_now(self) -> None:
+        """As any responder's (the body waits for data, so no job runs); what it writes goes
+        through the relay, so it is forwarded here."""
+        super().end_now()
+        self._forward()
+
     def _forward(self) -> None:
         relay, connection = self.relay, self.socket_connection
         if not relay.chunks and not relay.writer_waiting:

@@ -91,28 +91,6 @@ def test_access_log_lines_in_combined_format(app_dir):
                     r'"http://ref/" "probe/1\.0"$', line), line
 
 
-def test_sighup_reopens_the_access_log(app_dir):
-    log = app_dir / "access.log"
-    process, url = run(["--port", "0", "--access-log", str(log), "opsapp:app"], app_dir)
-    try:
-        requests.get(url + "/first", timeout=5)
-        # The line is written once the response is out: wait for it, as logrotate would find
-        # it in the file it moves.
-        deadline = time.monotonic() + 5
-        while "/first" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log.rename(app_dir / "access.log.1")  # what logrotate does
-        process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while not log.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        requests.get(url + "/second", timeout=5)
-    finally:
-        assert stop(process) == 0
-    assert "/first" in (app_dir / "access.log.1").read_text()
-    assert "/second" in log.read_text()
-
-
 def test_sigterm_lets_the_request_in_flight_finish(app_dir):
     process, url = run(["--port", "0", "--graceful-timeout", "10", "opsapp:app"], app_dir)
     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)

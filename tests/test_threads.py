@@ -239,8 +239,7 @@ def test_expect_continue_and_a_spilled_body_are_read_on_the_thread(serve):
         sock.sendall(b"abc" + b"z" * 4997)
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 OK")
-        assert answer.endswith(b"5000 abc " + APP_THREAD.encode() + b"-0") or (
-            b"5000 abc " + APP_THREAD.encode() in answer)
+        assert answer.rsplit(b"\r\n\r\n", 1)[1].startswith(b"5000 abc " + APP_THREAD.encode())
     finally:
         sock.close()
 
@@ -413,8 +412,7 @@ def test_graceful_stop_waits_for_calls_in_flight():
     assert time.monotonic() - started < 5
     data = result["data"]
     assert data.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in data
-    assert data.endswith(b"GET /inflight " + APP_THREAD.encode() + b"-0") or (
-        b"GET /inflight" in data)
+    assert data.rsplit(b"\r\n\r\n", 1)[1].startswith(b"GET /inflight " + APP_THREAD.encode())
 
 
 SLOW_APP = '''
@@ -446,7 +444,7 @@ def test_command_line_threads_from_flag_environment_and_config(tmp_path):
         (tmp_path / "hio.toml").write_text("threads = 2\n")
         process, url = start_cli(tmp_path, *args, env=env)
         try:
-            assert requests.get(url + "/x", timeout=5).text == f"/x {APP_THREAD}-0"
+            assert requests.get(url + "/x", timeout=5).text.startswith(f"/x {APP_THREAD}-")
         finally:
             assert stop(process) == 0
 
@@ -466,8 +464,8 @@ def test_command_line_sigterm_waits_for_the_call_in_flight(tmp_path):
         if process.poll() is None:
             process.kill()
     assert code == 0
-    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"/slow " + APP_THREAD.encode()
-                                                                 + b"-0")
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    assert data.rsplit(b"\r\n\r\n", 1)[1].startswith(b"/slow " + APP_THREAD.encode())
 
 
 def test_command_line_second_signal_exits_at_once_with_an_app_thread_stuck(tmp_path):
