@@ -9,16 +9,12 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 # Theory of operation
 # -------------------
 # All socket work happens in Poller callbacks: Acceptor -> Server._accept -> Steward; Connection
-# -> Steward.received/drained/ended/closed. A Steward is in one of these states, each with its
-# deadline (the setting named in brackets):
-#   handshake   TLS handshake not done                               [handshake_timeout]
-#   idle        nothing of a next request yet                        [idle_timeout]
-#   head        some bytes of a request, head incomplete (slowloris)  [header_timeout]
-#   body        head done, body arriving                              [body_timeout, per progress]
-#   responding  a responder is writing; deadline only while blocked   [write_timeout, per drain]
-#   waiting     the app said "not yet" (b""): resumed on every pass of the Server; or, for a
-#               body that can wake the server itself (responder.park), only when it does so
-#               or its own deadline comes (an SSE heartbeat)
+# -> Steward.received/drained/ended/closed. A Steward is in one `State` at a time (the Enum
+# below says what each means), each bounded by the setting the DEADLINES table names; every
+# change of state goes through `Steward._expect`, which sets the deadline from that table.
+# A WAITING steward (the app said "not yet", b"") is resumed on every pass of the Server; or,
+# for a body that can wake the server itself (responder.park), only when it does so or its own
+# deadline comes (an SSE heartbeat); an app thread's response wakes it when the thread is done.
 # Deadlines are checked by a sweep once the earliest of them is due (every new deadline is
 # reported to the server with `remind`), and at most every `sweep_interval`; never per tick, so
 # idle connections cost nothing between sweeps. Only WAITING stewards are touched on every pass.
@@ -36,6 +32,7 @@ connection's failure (bad bytes, an app exception, a reset) never touches anothe
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import importlib
 import logging
@@ -45,7 +42,7 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .accesslog import AccessLog
 from .doing import Doer
@@ -66,6 +63,26 @@ logger = logging.getLogger("hio_http.server")
 WEBSOCKET_UPGRADE = "hio_http.websocket:upgrade"  # the handshake, resolved by name (see below)
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+
+
+class State(enum.Enum):
+    """Where a connection stands; DEADLINES says which setting bounds each state."""
+
+    HANDSHAKE = "handshake"    # TLS handshake not done
+    IDLE = "idle"              # nothing of a next request yet
+    HEAD = "head"              # some bytes of a request, head incomplete (slowloris)
+    BODY = "body"              # head done, body arriving (per progress)
+    RESPONDING = "responding"  # a responder is writing; deadline only while blocked (per drain)
+    WAITING = "waiting"        # the app said "not yet", or an app thread works on the request
+    CLOSING = "closing"        # an error answer is going out; then the connection closes
+
+
+# The setting that bounds each state (its deadline counts from entering it); None: no deadline
+# of its own (a parked body may ask for one; a closing answer gets a short grace).
+DEADLINES: dict = {State.HANDSHAKE: "handshake_timeout", State.IDLE: "idle_timeout",
+                   State.HEAD: "header_timeout", State.BODY: "body_timeout",
+                   State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
+_DEFAULT = object()  # _expect(state): the deadline the table gives
 
 __all__ = ["Settings", "Steward", "WSGISteward", "Server", "BareServer", "ServerDoer",
            "openServer"]
@@ -99,7 +116,7 @@ class Steward:
         self.eof = False  # the client sent EOF
         self.continued = None  # the request we sent "100 Continue" for
         self.deadline: Optional[float] = None
-        self.state = "idle"
+        self.state = State.IDLE
         self.protocol = None  # what the connection speaks after switch(), e.g. a WebSocket
         self.peer = peer  # the client: the socket's peer, or what a trusted proxy said
         # PROXY protocol is read only from trusted peers; from others the line is plain HTTP
@@ -108,9 +125,9 @@ class Steward:
                              else None)
         self.connection = Connection(sock, peer, server.poller, self)
         if self.connection.handshaking:
-            self._expect("handshake", self.settings.handshake_timeout)
+            self._expect(State.HANDSHAKE)
         else:
-            self._expect("idle", self.settings.idle_timeout)
+            self._expect(State.IDLE)
 
     # -- what subclasses provide --------------------------------------------------------------
 
@@ -159,7 +176,7 @@ class Steward:
     # -- Connection events --------------------------------------------------------------------
 
     def connected(self) -> None:
-        self._expect("idle", self.settings.idle_timeout)
+        self._expect(State.IDLE)
 
     def received(self, data: bytes) -> None:
         if self.refused:
@@ -213,8 +230,8 @@ class Steward:
             self.connection.close()
             return b""
         if parsed is None:
-            if self.state != "head":
-                self._expect("head", self.settings.header_timeout)
+            if self.state is not State.HEAD:
+                self._expect(State.HEAD)
             return b""
         consumed, source, _ = parsed
         rest = self.proxy_header[consumed:]
@@ -229,7 +246,7 @@ class Steward:
 
     def ended(self) -> None:
         self.eof = True
-        if self.state == "waiting" and not (self.responder is not None
+        if self.state is State.WAITING and not (self.responder is not None
                                             and self.responder.working):
             # A client gone while its response waits for data (long-poll, event stream) would
             # otherwise only be noticed at the next write: free the connection now. (One an
@@ -273,7 +290,7 @@ class Steward:
                 if state is WAITING:
                     self._park()
                 else:
-                    self._expect("responding", self.settings.write_timeout)
+                    self._expect(State.RESPONDING)
                 break
             if self.responder is not None and self.responder.working:
                 self._begin_ahead()
@@ -285,12 +302,12 @@ class Steward:
 
     def _park(self) -> None:
         """The body said "not yet": let it wake us if it can, else ask it on every pass."""
-        self._expect("waiting", None)  # first: a wake may come before park() even returns
+        self._expect(State.WAITING, None)  # first: a wake may come before park() even returns
         parked, seconds = self.responder.park(self._wake)
         if not parked:
             self.server.waiting.add(self)
         elif seconds is not None:
-            self._expect("waiting", seconds)
+            self._expect(State.WAITING, seconds)
 
     def _wake(self) -> None:
         """A parked body has more, or an app thread got further (called from any thread):
@@ -308,8 +325,8 @@ class Steward:
             if responder is not None and not responder.head_sent:
                 responder.keep_alive = False
         if self.responder is None and self._idle():
-            self._expect("idle", self.server.drain_left())
-        elif self.state == "waiting" and is_event_stream(self.responder):
+            self._expect(State.IDLE, self.server.drain_left())
+        elif self.state is State.WAITING and is_event_stream(self.responder):
             self.responder.end_now()
             self._finish_response()
 
@@ -355,7 +372,7 @@ class Steward:
             if responder is None:  # "not yet": ask again on the next pass
                 self.deferred = request
                 self.server.waiting.add(self)
-                self._expect("waiting", None)
+                self._expect(State.WAITING, None)
                 return False
             self.deferred = None
             self.responder = responder
@@ -376,13 +393,12 @@ class Steward:
         elif current is not None:
             if not self._check_expectation(current):
                 return False
-            self._expect("body", self.settings.body_timeout)
+            self._expect(State.BODY)
         elif requestant.busy:
-            if self.state != "head":
-                self._expect("head", self.settings.header_timeout)
+            if self.state is not State.HEAD:
+                self._expect(State.HEAD)
         else:
-            self._expect("idle", server.drain_left() if server.closing
-                         else self.settings.idle_timeout)
+            self._expect(State.IDLE, server.drain_left() if server.closing else _DEFAULT)
         return False
 
     def _begin_ahead(self) -> None:
@@ -479,7 +495,7 @@ class Steward:
         responder = BaseResponder(self.connection, request, self.server.server_header)
         responder.send_error(status, message)
         self.connection.close_when_drained()
-        self._expect("responding", self.settings.write_timeout)
+        self._expect(State.RESPONDING)
 
     def _regulate_reading(self) -> None:
         """Backpressure on pipelining: stop reading while too many requests wait their turn."""
@@ -496,8 +512,13 @@ class Steward:
 
     # -- deadlines ----------------------------------------------------------------------------
 
-    def _expect(self, state: str, timeout: Optional[float]) -> None:
+    def _expect(self, state: State, timeout: Any = _DEFAULT) -> None:
+        """Enter `state`, with the deadline its setting gives (DEADLINES) unless `timeout`
+        (seconds, or None for no deadline) says otherwise. Every state change comes here."""
         self.state = state
+        if timeout is _DEFAULT:
+            setting = DEADLINES[state]
+            timeout = getattr(self.settings, setting) if setting is not None else None
         if timeout is None:
             self.deadline = None
         else:
@@ -507,20 +528,19 @@ class Steward:
     def expire(self, now: float) -> None:
         """The deadline passed: idle connections just close; a slow request gets 408; a parked
         body is asked again (it wanted to be, e.g. for a heartbeat)."""
-        if self.state == "waiting":
+        if self.state is State.WAITING:
             self.resume()
             return
-        if self.state == "idle" and self._unread():
+        if self.state is State.IDLE and self._unread():
             # A request arrived as the deadline passed: closing now would lose it unanswered.
-            self._expect("idle", self.server.sweep_interval)
+            self._expect(State.IDLE, self.server.sweep_interval)
             return
-        logger.info("closing %s connection from %s: %s timeout", self.state,
-                    self.connection.peer, self.state)
-        if self.state in ("head", "body") and self.responder is None and not self.connection.pending:
+        logger.info("closing %s connection from %s: %s timeout", self.state.value,
+                    self.connection.peer, self.state.value)
+        if (self.state in (State.HEAD, State.BODY) and self.responder is None
+                and not self.connection.pending):
             self._answer_error(408, "request timeout")
-            self.deadline = now + min(1.0, self.settings.write_timeout)
-            self.server.remind(self.deadline)
-            self.state = "closing"
+            self._expect(State.CLOSING, min(1.0, self.settings.write_timeout))
         else:
             self.connection.close()
 
