@@ -108,6 +108,8 @@ class EventStream:
             session.send(self._exchange)
 
     def _head(self, head: Head) -> None:
+        # _start made the exchange calling back here, together with its response.
+        assert self.response is not None and self._exchange is not None
         media = (self.response.header("content-type") or "").split(";")[0].strip().lower()
         if head.status == 204:
             self._end_for_good(None)
@@ -153,6 +155,7 @@ class EventStream:
 
     def connect_failed(self, session: Session, error: ClientError) -> None:
         if session is self._session and not self.closed:
+            assert self._exchange is not None  # _start made it with the session
             self._exchange.response._fail(error)
             self._lost(error)
 

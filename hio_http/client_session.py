@@ -21,7 +21,7 @@ from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectT
                              End, Head, Interim, ResponseParser, _tokens)
 from .client_response import Response
 from .net import RECEIVE_SIZE, Connection
-from .polling import READ, WRITE
+from .polling import READ, WRITE, Poller
 from .responding import header_text  # one rule for header values, requests and responses
 
 if TYPE_CHECKING:
@@ -140,7 +140,8 @@ class Session:
     def __init__(self, client: "Client", owner):
         self.client = client
         self.owner = owner
-        self.poller = client.poller
+        assert client.poller is not None  # sessions start once the client is open
+        self.poller: Poller = client.poller
         self.parser = ResponseParser(client.max_header_bytes, client.max_header_count)
         self.in_flight: collections.deque = collections.deque()
         self.state = "connecting"
@@ -219,6 +220,7 @@ class Session:
 
     def _connected(self, mask: int) -> None:
         sock, self._sock = self._sock, None
+        assert sock is not None  # this callback is registered for _sock, and leaves with it
         self.poller.unregister(sock)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
@@ -278,6 +280,7 @@ class Session:
         self.owner.session_ready(self)
 
     def received(self, data: bytes) -> None:
+        assert self.link is not None  # the Link is what calls this
         if not self.in_flight:
             # Nothing was asked: a server's farewell (408, say) on an idle connection.
             logger.info("unsolicited bytes from %s; closing the connection", self.client.origin)
@@ -345,6 +348,7 @@ class Session:
                for name, value in exchange.headers):
             self.closing = True
         body = exchange.body
+        assert self.link is not None  # only a connected session is sent exchanges
         if exchange.expect_continue:
             self.continuing = exchange
             self.continue_deadline = self.client.clock() + self.client.continue_timeout
@@ -478,7 +482,8 @@ class Session:
                     if event.status == 100 and exchange is self.continuing:
                         self._send_body()
             except ClientError as ex:
-                if ex.__cause__ is None and isinstance(ex, ConnectionLost) and self.link.error:
+                if (ex.__cause__ is None and isinstance(ex, ConnectionLost) and
+                        self.link is not None and self.link.error):
                     ex.__cause__ = self.link.error
                 self.in_flight.popleft()
                 exchange.response._fail(ex)

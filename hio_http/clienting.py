@@ -46,6 +46,7 @@ import json as json_codec
 import logging
 import ssl
 import time
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit
 
@@ -134,11 +135,10 @@ class Client:
         self.authority = named if default_port else f"{named}:{self.port}"
         self.origin = f"{scheme}://{self.authority}"
         if isinstance(timeout, tuple):
-            self.connect_timeout, self.timeout = timeout
+            connect_timeout, self.timeout = timeout
         else:
-            self.connect_timeout = self.timeout = timeout
-        if self.connect_timeout is None:
-            self.connect_timeout = float("inf")
+            connect_timeout = self.timeout = timeout
+        self.connect_timeout: float = float("inf") if connect_timeout is None else connect_timeout
         self.max_redirects = max_redirects
         if scheme == "https" and tls_context is None:
             tls_context = ssl.create_default_context()
@@ -240,7 +240,7 @@ class Client:
     # -- requests -----------------------------------------------------------------------------
 
     def request(self, method: str, path: str = "/", headers: Headers = None,
-                body: Source = b"", *, json: Any = None, timeout: Optional[float] = ...,
+                body: Source = b"", *, json: Any = None, timeout: Union[float, None, EllipsisType] = ...,
                 trailers: Iterable[tuple[str, str]] = (), expect_continue: Optional[bool] = None,
                 stream: bool = False,
                 on_data: Optional[Callable[[bytes], None]] = None) -> Response:
@@ -350,7 +350,7 @@ class Client:
             if self.closed:
                 return
             self.open()
-        if self.owns_poller:
+        if self.owns_poller and self.poller is not None:
             self.poller.poll(0)
         now = self.clock()
         if self.queue:
@@ -598,6 +598,7 @@ class ClientDoer(Doer):
 
     def enter(self) -> None:
         client = self.client
+        assert self.tymth is not None  # a Doist winds its doers before it enters them
         client.set_clock(self.tymth)  # deadlines follow the Doist's tyme, simulated or real
         if not client.opened:
             client.closed = False

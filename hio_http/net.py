@@ -12,13 +12,16 @@ import os
 import socket
 import ssl
 from collections import deque
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union
 
 from .polling import READ, WRITE, Poller
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
 logger = logging.getLogger("hio_http.net")
 
-Address = Union[tuple, str]  # (host, port) or a unix socket path
+Address = Union[tuple, str, "os.PathLike[str]"]  # (host, port) or a unix socket path
 
 RECEIVE_SIZE = 256 * 1024  # bytes asked of recv at once: large uploads need few calls
 ACCEPTS_PER_WAKE = 64  # bound the accept loop so one busy listener cannot starve the others
@@ -27,7 +30,7 @@ ACCEPTS_PER_WAKE = 64  # bound the accept loop so one busy listener cannot starv
 GONE = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
 
 
-def is_unix(address: Address) -> bool:
+def is_unix(address: Address) -> TypeIs[Union[str, os.PathLike[str]]]:
     return isinstance(address, (str, bytes, os.PathLike))
 
 
@@ -38,7 +41,7 @@ def listen(address: Address, backlog: int = 1024, reuse_port: bool = False) -> s
         if os.path.exists(path) and _is_stale_unix_socket(path):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: object = path
+        target: Union[str, tuple] = path
     else:
         host, port = address
         family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
@@ -87,6 +90,8 @@ class Acceptor:
         self.on_accept = on_accept
         self.owned = sock is None
         if sock is None:
+            if address is None:
+                raise TypeError("an Acceptor needs an address or a listening sock")
             sock = listen(address, backlog=backlog, reuse_port=reuse_port)
         sock.setblocking(False)
         self.sock = sock
@@ -165,6 +170,20 @@ class FileSpan:
             self.fd = -1
 
 
+class ConnectionHandler(Protocol):
+    """What a Connection tells the one it serves (see Connection)."""
+
+    def connected(self) -> None: ...
+
+    def received(self, data: bytes) -> None: ...
+
+    def ended(self) -> None: ...
+
+    def drained(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
 class Connection:
     """An accepted socket serviced by readiness.
 
@@ -177,7 +196,7 @@ class Connection:
 
     receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
 
-    def __init__(self, sock: socket.socket, peer, poller: Poller, handler):
+    def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler):
         self.sock = sock
         self.peer = peer
         self.poller = poller
@@ -295,8 +314,11 @@ class Connection:
     def _receive(self) -> None:
         """Read what is ready; under TLS also what the TLS layer already decrypted, which the
         selector cannot see."""
-        while self._receive_once() and self.tls and self.reading and self.sock.pending():
+        while self._receive_once() and self.reading and self._tls_pending():
             pass
+
+    def _tls_pending(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
 
     def _receive_once(self) -> bool:
         """One recv handed to the handler; False when nothing more can be read now."""
@@ -341,6 +363,7 @@ class Connection:
 
     def _handshake(self) -> None:
         try:
+            assert isinstance(self.sock, ssl.SSLSocket)  # handshaking is set only for TLS
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
             self._want(READ)

@@ -340,15 +340,15 @@ def _parse_node(text: str, bare_ipv6: bool = False) -> tuple[str | None, str | N
     else:
         address = text.partition(":")[0]
         rest = text[len(address):]
-    address = _canonical(address)
-    if address is None:
+    canonical = _canonical(address)
+    if canonical is None:
         return None, None
     if not rest:
-        return address, None
+        return canonical, None
     if rest[0] != ":":
         return None, None
     # An obfuscated port ("_abc", RFC 7239 §6.3) or an invalid one is simply not known.
-    return address, _valid_port(rest[1:], zero=True)
+    return canonical, _valid_port(rest[1:], zero=True)
 
 
 def _canonical(text: str) -> str | None:

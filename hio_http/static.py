@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Optional, Union
 from urllib.parse import quote
 
 import falcon
@@ -95,7 +95,7 @@ class StaticSink:
         varies, coding, sibling = self._precompressed(req, segments, info)
         if varies:
             resp.set_header("Vary", "Accept-Encoding")
-        if sibling is not None:
+        if sibling is not None and coding is not None:  # both or neither
             real, info = sibling
             resp.set_header("Content-Encoding", coding)
         self._serve(req, resp, real, info, name)
@@ -204,7 +204,7 @@ class StaticSink:
         resp.content_type = content_type_of(name)
         if span is None:
             resp.content_length = size
-            body: Optional[BinaryIO] = file
+            body: Union[BinaryIO, FileSpan, None] = file
         else:
             first, last = span
             resp.status = falcon.HTTP_206
@@ -231,7 +231,7 @@ class FileSpan:
         self.file = file
         self.remaining = length
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0 or size > self.remaining:
             size = self.remaining
         data = self.file.read(size) if size else b""
@@ -294,6 +294,7 @@ def satisfiable_span(first: Optional[int], last: Optional[int],
     """The inclusive (first, last) bytes of a size-byte file that a range selects, or None when
     it selects none (§14.1.1): it starts at or past the end, or is an empty suffix."""
     if first is None:  # "-n": the last n bytes (§14.1.2)
+        assert last is not None, "a byte range has a first or a last position, or both"
         if last == 0 or size == 0:
             return None
         return max(0, size - last), size - 1

@@ -171,6 +171,7 @@ class Loop:
     def request(self, method: str, path: str = "/", **kwa: Any) -> Response:
         """Queue a request on the loop's client; its Response fills in as the loop ticks."""
         self.open()
+        assert self.client is not None  # open() makes the client
         return self.client.request(method, path, **kwa)
 
     def fetch(self, method: str, path: str = "/", timeout: float = 5.0, **kwa: Any) -> Response:

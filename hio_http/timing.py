@@ -58,6 +58,8 @@ class Tymee:
 
     @property
     def tyme(self) -> float:
+        if self._tymth is None:  # the TypeError calling None would raise, with a reason
+            raise TypeError("no tymth yet: wind() this object to a Tymist first")
         return self._tymth()
 
     def wind(self, tymth: Tymth) -> None:

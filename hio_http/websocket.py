@@ -40,7 +40,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection as FrameConnection, ConnectionState
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Pong,
                             Request as Offer, TextMessage)
-from wsproto.extensions import PerMessageDeflate
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
 from .responding import BaseResponder, CustomResponder
@@ -188,7 +188,7 @@ def upgrade(steward: "Steward", request: "Request") -> Optional[BaseResponder]:
                        None)
     settings = server.settings
     offered = {str(item).split(";", 1)[0].strip().lower() for item in offer.extensions}
-    extensions = ([PerMessageDeflate()] if settings.ws_compression
+    extensions: list[Extension] = ([PerMessageDeflate()] if settings.ws_compression
                   and "permessage-deflate" in offered else [])
     extra = ([(b"Server", settings.server_header.encode("latin-1"))]
              if settings.server_header else [])
@@ -202,6 +202,7 @@ def upgrade(steward: "Steward", request: "Request") -> Optional[BaseResponder]:
     if connection.closed:  # the client left during the handshake
         return None
     compressed = any(extension.enabled() for extension in extensions)
+    assert handshake.connection is not None  # wsproto makes it when it accepts
     session = WebSocketSession(server, connection, handshake.connection, handler, request,
                                compressed)
     handler.request, handler.subprotocol = request, subprotocol
@@ -280,7 +281,9 @@ class WebSocketSession:
             self.outbox.clear()
             self.outbox_bytes = 0
         self.server.waiting.discard(self)
-        self.server.forget(self)
+        # A session stands in for its Steward among the server's (Steward.switch), which
+        # forget() is not yet typed to accept.
+        self.server.forget(self)  # type: ignore[arg-type]
 
     # -- the server's side ------------------------------------------------------------------------
 
@@ -394,15 +397,14 @@ class WebSocketSession:
 
     def _handle_events(self) -> None:
         for event in self.protocol.events():
-            kind = type(event)
-            if kind is TextMessage or kind is BytesMessage:
+            if isinstance(event, (TextMessage, BytesMessage)):
                 self._piece(event)
-            elif kind is Ping:
+            elif isinstance(event, Ping):
                 if self.protocol.state is ConnectionState.OPEN:
                     self._write(self.protocol.send(event.response()))
-            elif kind is Pong:
+            elif isinstance(event, Pong):
                 pass  # hearing anything at all already cleared the ping (see _heard)
-            elif kind is CloseConnection:
+            elif isinstance(event, CloseConnection):
                 self._close_frame(event)
             if self.connection.closed:
                 return

@@ -164,6 +164,12 @@ class WebSocketClient:
         return self.state == CLOSED
 
     @property
+    def _ws_connection(self) -> WSConnection:
+        """wsproto's side of the connection, made by _start() before any byte goes out."""
+        assert self._protocol is not None
+        return self._protocol
+
+    @property
     def buffered(self) -> int:
         """Bytes waiting to be sent (a producer may hold back while this is high)."""
         link = self._link
@@ -239,9 +245,11 @@ class WebSocketClient:
         if session is not self._session:
             return
         self._session = None
-        self._link = session.link
-        self._link.handler = self._wiring
-        self._write(self._protocol.send(self._request))
+        link = session.link
+        assert link is not None  # a session is ready once its Link is up
+        self._link = link
+        link.handler = self._wiring
+        self._write(self._ws_connection.send(self._request))
 
     def _connect_failed(self, session: Session, error: ClientError) -> None:
         if session is self._session:
@@ -257,7 +265,7 @@ class WebSocketClient:
                 return
             piece = data[start:start + step] if step < len(data) else data
             try:
-                self._protocol.receive_data(piece)
+                self._ws_connection.receive_data(piece)
             except RemoteProtocolError as ex:  # only the handshake raises: the 101 was wrong
                 self._finish(HandshakeError(f"{self.url}: bad WebSocket handshake: {ex}"))
                 return
@@ -268,7 +276,7 @@ class WebSocketClient:
         handshake it is expected; otherwise the connection was lost (1006)."""
         if self.state == CONNECTING and self._reading:
             try:
-                self._protocol.receive_data(None)
+                self._ws_connection.receive_data(None)
             except RemoteProtocolError:
                 pass  # _lost() tells what happened
             self._handle_events()
@@ -297,22 +305,21 @@ class WebSocketClient:
     # -- frames in ------------------------------------------------------------------------------
 
     def _handle_events(self) -> None:
-        for event in self._protocol.events():
-            kind = type(event)
-            if kind is TextMessage or kind is BytesMessage:
+        for event in self._ws_connection.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
                 self._piece(event)
-            elif kind is Ping:
-                if self._protocol.state is ConnectionState.OPEN:
-                    self._write(self._protocol.send(event.response()))
-            elif kind is Pong:
+            elif isinstance(event, Ping):
+                if self._ws_connection.state is ConnectionState.OPEN:
+                    self._write(self._ws_connection.send(event.response()))
+            elif isinstance(event, Pong):
                 self.pongs.append(bytes(event.payload))
-            elif kind is CloseConnection:
+            elif isinstance(event, CloseConnection):
                 self._close_frame(event)
-            elif kind is AcceptConnection:
+            elif isinstance(event, AcceptConnection):
                 self._accepted(event)
-            elif kind is RejectConnection:
+            elif isinstance(event, RejectConnection):
                 self._rejected(event)
-            elif kind is RejectData:
+            elif isinstance(event, RejectData):
                 self._refusal_data(event)
             if self.state == CLOSED:
                 return
@@ -331,7 +338,7 @@ class WebSocketClient:
             if isinstance(queued, CloseConnection):
                 self._close_now(queued.code, queued.reason or "")
             else:
-                self._write(self._protocol.send(queued))
+                self._write(self._ws_connection.send(queued))
         if self.on_open is not None:
             self._call(self.on_open)
 
@@ -346,6 +353,7 @@ class WebSocketClient:
 
     def _refusal_data(self, event: RejectData) -> None:
         refusal = self._refusal
+        assert refusal is not None  # wsproto gives RejectConnection before its RejectData
         if len(refusal.body) < MAX_REFUSAL_BODY:
             refusal.body = (refusal.body + bytes(event.data))[:MAX_REFUSAL_BODY]
         if event.body_finished:
@@ -370,11 +378,11 @@ class WebSocketClient:
             self._call(self.on_message, message)
 
     def _close_frame(self, event: CloseConnection) -> None:
-        state = self._protocol.state
+        state = self._ws_connection.state
         code, reason = int(event.code), event.reason or ""
         if state is ConnectionState.REMOTE_CLOSING:  # the server closes: answer in kind
             self._record_close(code, reason)
-            self._write(self._protocol.send(event.response()))
+            self._write(self._ws_connection.send(event.response()))
             self._closing()
         elif state is ConnectionState.OPEN:  # wsproto found a violation (1002, 1007...)
             self._fail_connection(code, reason, ProtocolError(f"{self.url}: {reason} ({code})"))
@@ -396,14 +404,14 @@ class WebSocketClient:
             return True
         if self.state != OPEN:
             return False
-        self._write(self._protocol.send(event))
+        self._write(self._ws_connection.send(event))
         return True
 
     def _close_now(self, code: int, reason: str) -> None:
         if self.state != OPEN:
             return
         self._incoming.clear()
-        self._write(self._protocol.send(CloseConnection(code, reason)))
+        self._write(self._ws_connection.send(CloseConnection(code, reason)))
         self._closing()
 
     def _fail_connection(self, code: int, reason: str, error: ClientError) -> None:
@@ -413,16 +421,17 @@ class WebSocketClient:
             self.error = error
         self._record_close(code, reason)
         self._incoming.clear()
-        self._write(self._protocol.send(CloseConnection(code, reason)))
+        self._write(self._ws_connection.send(CloseConnection(code, reason)))
         self._closing()
         self._reading = False
+        assert self._link is not None  # frames come and go only over the link
         self._link.close_when_drained()
 
     def _closing(self) -> None:
         """A Close frame went out: the server closes TCP next, within close_timeout."""
         self.state = CLOSING
         self._deadline = self.client.clock() + self.close_timeout
-        if self._protocol.state is ConnectionState.CLOSED:
+        if self._ws_connection.state is ConnectionState.CLOSED:
             self._reading = False
 
     def _write(self, data: bytes) -> None:
@@ -438,7 +447,7 @@ class WebSocketClient:
         if self.state == CLOSED:
             return
         if self.state == OPEN:
-            self._write(self._protocol.send(CloseConnection(1001, "client closing")))
+            self._write(self._ws_connection.send(CloseConnection(1001, "client closing")))
             self._finish(None)
         else:
             self._finish(ConnectionLost("the client was closed") if self.state == CONNECTING
@@ -500,6 +509,9 @@ class _Wiring:
 
     def ended(self) -> None:
         self.websocket._ended()
+
+    def connected(self) -> None:
+        pass  # the link's TLS handshake was over before the WebSocket took it
 
     def drained(self) -> None:
         pass

@@ -109,11 +109,11 @@ def server_context(context: Optional[ssl.SSLContext] = None, version: Any = None
     if context is None:
         context = (ssl.SSLContext(version) if version else
                    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
-        context.verify_mode = ssl.CERT_REQUIRED if certify is None else certify
+        context.verify_mode = ssl.CERT_REQUIRED if certify is None else ssl.VerifyMode(certify)
     if cafilepath:
         context.load_verify_locations(cafile=cafilepath)
     if keypath or certpath:
-        context.load_cert_chain(certfile=certpath, keyfile=keypath)
+        _load_chain(context, certpath, keypath)
     return context
 
 
@@ -129,14 +129,21 @@ def client_context(context: Optional[ssl.SSLContext] = None, version: Any = None
         if certify == ssl.CERT_NONE:
             context.check_hostname = False
         if certify is not None:
-            context.verify_mode = certify
+            context.verify_mode = ssl.VerifyMode(certify)
         if hostify is not None:
             context.check_hostname = bool(hostify)
     if cafilepath:
         context.load_verify_locations(cafile=cafilepath)
     if keypath or certpath:
-        context.load_cert_chain(certfile=certpath, keyfile=keypath)
+        _load_chain(context, certpath, keypath)
     return context
+
+
+def _load_chain(context: ssl.SSLContext, certpath: Optional[str],
+                keypath: Optional[str]) -> None:
+    if certpath is None:  # the TypeError load_cert_chain(None) raises, with a reason
+        raise TypeError("a keypath needs its certpath")
+    context.load_cert_chain(certfile=certpath, keyfile=keypath)
 
 
 def listen_host(host: str) -> str:

@@ -21,7 +21,7 @@ from ...client_parsing import EventParser
 from ...clienting import Client as NativeClient
 from ...responding import header_text
 from ...doing import Doer
-from ...polling import join_loop, leave_loop
+from ...polling import Poller, join_loop, leave_loop
 from .adapting import Hict, client_context, warn_ignored
 
 logger = logging.getLogger("hio_http.compat")
@@ -219,6 +219,7 @@ class Client:
         if data is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
             return json.dumps(data, separators=(",", ":")).encode("utf-8")
+        assert fargs is not None  # data or fargs was given
         if str(headers.get("content-type", "")).startswith("multipart/form-data"):
             boundary = "hio-http-" + secrets.token_hex(12)
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
@@ -269,7 +270,7 @@ class ClientDoer(Doer):
     def __init__(self, client: Client, **kwa: Any):
         super().__init__(**kwa)
         self.client = client
-        self.nested = None
+        self.nested: Optional[Poller] = None
         if kwa.get("tymth") is not None:
             client.wind(kwa["tymth"])
 

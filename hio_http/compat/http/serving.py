@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import ssl
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 from urllib.parse import unquote
 
 import falcon
@@ -36,12 +36,22 @@ TLS_KEYWORDS = ("context", "version", "certify", "keypath", "certpath", "cafilep
 NATIVE = frozenset(Settings.__dataclass_fields__) | {"poller", "websockets", "sockets"}
 
 
+class _Listening(Protocol):
+    """What a Servant reads of its server."""
+
+    @property
+    def opened(self) -> bool: ...
+
+    @property
+    def address(self) -> Any: ...
+
+
 class Servant:
     """What hio code reads of `server.servant`: `ha` (the bound address once open, with the
     real port when 0 asked for any), `eha` (where a local client reaches it), `opened`,
     `context` (TLS) and `tymeout`."""
 
-    def __init__(self, server: "native.BaseServer", host: str, port: int,
+    def __init__(self, server: _Listening, host: str, port: int,
                  eha: Optional[tuple] = None, context: Optional[ssl.SSLContext] = None,
                  tymeout: float = 0.0):
         self._server = server
@@ -65,6 +75,23 @@ class Servant:
             return tuple(self._eha)
         host, port = self.ha
         return (external_host(host), port)
+
+
+class _NativeServer(_Listening, Protocol):
+    """What hio's lifecycle words use of the native server they are mixed into."""
+
+    servant: Servant
+    _servant_args: tuple
+
+    @property
+    def waiting(self) -> set: ...
+
+    @property
+    def stewards(self) -> set: ...
+
+    def open(self) -> object: ...
+
+    def close(self) -> None: ...
 
 
 class _HioServer:
@@ -111,10 +138,10 @@ class _HioServer:
             settings["clock"] = tymth
         return settings
 
-    def _make_servant(self) -> None:
+    def _make_servant(self: _NativeServer) -> None:
         self.servant = Servant(self, *self._servant_args)
 
-    def reopen(self) -> bool:
+    def reopen(self: _NativeServer) -> bool:
         """(Re)open the listening socket: True once listening, False (logged) if it failed."""
         if self.opened:
             self.close()
@@ -129,7 +156,7 @@ class _HioServer:
         """Keep deadlines on this tymth from now on."""
         self.clock = tymth
 
-    def idle(self) -> bool:
+    def idle(self: _NativeServer) -> bool:
         """True when no connection has a request in progress."""
         if self.waiting:
             return False
@@ -294,6 +321,7 @@ class _BareSteward(native.Steward):
 
     def respond(self, request: Any) -> Optional[NativeResponder]:
         server = self.server
+        assert isinstance(server, BareServer)  # the only server that makes these Stewards
         hio = getattr(self, "hio", None)
         if hio is None:
             hio = self.hio = server.hio_steward(remoter=_Remoter(self.peer),
