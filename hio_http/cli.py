@@ -125,12 +125,13 @@ def supervise(sockets: list, settings: dict, options: dict, metrics_socket) -> i
         worker_settings = dict(settings, websockets=websockets) if websockets else settings
         return serve(app, sockets, worker_settings, options, board)
 
-    listeners = []
+    listeners: list = []
     supervisor = Supervisor(options["workers"], work, settings["graceful_timeout"],
                             on_reopen=reopen_logs, timeout=settings["timeout"],
                             on_exit=board.retire if board is not None else lambda slot: None,
                             listeners=listeners)
     if metrics_socket is not None:
+        assert board is not None  # made whenever metrics are asked for
         metrics_socket.setblocking(False)
         scrape = scraper(board, lambda: [w.slot for w in supervisor.children.values()],
                          lambda: supervisor.restarts)
@@ -366,8 +367,8 @@ def reopen_logs() -> None:
             if isinstance(handler, logging.FileHandler):
                 handler.acquire()
                 try:
-                    old = handler.setStream(open(handler.baseFilename, handler.mode,
-                                                 encoding=handler.encoding))
+                    stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding)
+                    old = handler.setStream(stream)  # type: ignore[arg-type]  # stubs too narrow
                     if old is not None:
                         old.close()
                 finally:

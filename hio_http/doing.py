@@ -34,7 +34,7 @@ import inspect
 import time
 import types
 from collections import deque
-from typing import Callable, Iterable, Optional
+from typing import Callable, Generator, Iterable, Optional, cast
 
 from .polling import Poller
 from .stalls import StallWatch
@@ -134,7 +134,7 @@ class _Deeds:
     def remove(self, doers: Iterable) -> None:
         """Close the dogs of `doers`, leaving the rest in order."""
         doers = list(doers)
-        removed = deque()
+        removed: deque = deque()
         for queue in (self._running, self._deeds):
             kept = [deed for deed in queue if not any(deed[2] is doer for doer in doers)]
             removed.extend(deed for deed in queue if any(deed[2] is doer for doer in doers))
@@ -174,7 +174,10 @@ class Doer(Tymee):
             still answer at once when something happens (ServerDoer does); hio's ignore it.
     """
 
-    urgent = False
+    @property
+    def urgent(self) -> bool:
+        """True while the doer wants its next turn now (see the class docstring)."""
+        return False
 
     def __init__(self, *, tymth: Optional[Tymth] = None, tock: float = 0.0, temp=None, **opts):
         super().__init__(tymth=tymth)
@@ -205,7 +208,9 @@ class Doer(Tymee):
             self.done = False
             self.enter()
             if inspect.isgeneratorfunction(self.recur):
-                self.done = yield from self.recur()
+                # a generator method takes no tyme: each send() brings it
+                recur = cast(Callable[[], Generator[float, float, bool]], self.recur)
+                self.done = yield from recur()
             else:
                 while not self.done:
                     tyme = yield self.tock
@@ -220,6 +225,12 @@ class Doer(Tymee):
         finally:
             self.exit()
         return self.done
+
+    def _wound(self) -> Tymth:
+        """The tymth given by wind(): set once the scheduler has begun this doer."""
+        if self.tymth is None:
+            raise TypeError(f"{type(self).__name__} has no tymth yet: run it in a Doist")
+        return self.tymth
 
     def enter(self) -> None:
         """Set up resources before the first turn."""
@@ -280,7 +291,7 @@ class DoDoer(Doer):
 
     def enter(self) -> None:
         self.deeds = _Deeds()
-        self.deeds.enter(self.doers, self.tymth, self.tyme, self.temp)
+        self.deeds.enter(self.doers, self._wound(), self.tyme, self.temp)
 
     @property
     def urgent(self) -> bool:
@@ -297,7 +308,7 @@ class DoDoer(Doer):
     def extend(self, doers: Iterable) -> None:
         """Add doers while running: each enters now and runs from the next turn."""
         doers = [doer for doer in doers if doer not in self.doers]
-        self.deeds.enter(doers, self.tymth, self.tyme, self.temp)
+        self.deeds.enter(doers, self._wound(), self.tyme, self.temp)
         self.doers.extend(doers)
 
     def remove(self, doers: Iterable) -> None:
@@ -361,10 +372,10 @@ class Doist(Tymist):
         self._next_tick = 0.0
 
     def tymen(self) -> Tymth:
-        """A tymth that also carries this Doist's Poller, for doers that wait on sockets."""
+        """A tymth that also carries this Doist's Poller (for doers that wait on sockets) and
+        its StallWatch, as attributes of the function (read with poller_of, stall_watch_of)."""
         tymth = super().tymen()
-        tymth.poller = self.poller
-        tymth.stalls = self.stalls
+        vars(tymth).update(poller=self.poller, stalls=self.stalls)
         return tymth
 
     def do(self, doers: Optional[Iterable] = None, limit: Optional[float] = None,
@@ -471,20 +482,16 @@ def doify(f: Callable, *, name: Optional[str] = None, tock: float = 0.0, **opts)
                            function.__defaults__, function.__closure__)
     g.__kwdefaults__ = function.__kwdefaults__
     g.__dict__.update(function.__dict__)
-    g.done = None
-    g.tock = tock
-    g.opts = dict(opts)
+    g.__dict__.update(done=None, tock=tock, opts=dict(opts))  # what a doer carries
     if inspect.ismethod(f):
-        g = types.MethodType(g, f.__self__)
+        return types.MethodType(g, f.__self__)
     return g
 
 
 def doize(*, tock: float = 0.0, **opts) -> Callable[[Callable], Callable]:
     """Decorator form of `doify` for a generator function used as a single doer."""
     def decorator(f: Callable) -> Callable:
-        f.done = None
-        f.tock = tock
-        f.opts = dict(opts)
+        vars(f).update(done=None, tock=tock, opts=dict(opts))  # what a doer carries
         return f
     return decorator
 

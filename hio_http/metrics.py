@@ -51,7 +51,7 @@ class Board:
         self.memory = mmap.mmap(-1, SLOT_BYTES * slots)
         self.retired = [0.0] * GAUGES  # counters of workers that exited
 
-    def values(self, slot: int) -> memoryview:
+    def values(self, slot: int) -> "memoryview[float]":
         return memoryview(self.memory)[slot * SLOT_BYTES:(slot + 1) * SLOT_BYTES].cast("d")
 
     def retire(self, slot: int) -> None:

@@ -42,7 +42,7 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from .accesslog import AccessLog
 from .doing import Doer
@@ -63,6 +63,15 @@ logger = logging.getLogger("hio_http.server")
 WEBSOCKET_UPGRADE = "hio_http.websocket:upgrade"  # the handshake, resolved by name (see below)
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+
+
+class TrafficObserver(Protocol):
+    """What a server tells of its traffic, when given one (hio_http.metrics.Metrics is)."""
+
+    received: int  # bytes read from clients, added to as they come
+
+    def responded(self, responder: BaseResponder, started: float) -> None:
+        """A response finished; `started` is when it began (time.time())."""
 
 
 class State(enum.Enum):
@@ -632,7 +641,7 @@ class BaseServer:
                        else None)
         # Told of every finished response (`responded(responder, started)`) and of the bytes
         # received (added to `received`); see hio_http.metrics. Set before `open()`.
-        self.metrics = None
+        self.metrics: Optional[TrafficObserver] = None
         self.timed = self.access is not None  # whether responses note when they began
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
         self._next_sweep = math.inf  # the earliest deadline not yet swept
