@@ -54,6 +54,14 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported"}
 
+# Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, the
+# lower-case name): an app sends the same few fields again and again, so each is checked and
+# encoded once. Bounded, and only short values (no session cookies piling up).
+_clean_headers: dict = {}
+MAX_CLEAN_HEADERS = 4096
+MAX_CLEAN_VALUE = 256
+_clean_statuses: set = set()  # status lines found valid
+
 _date_cache = [0, b""]
 
 
@@ -157,15 +165,24 @@ class BaseResponder:
             body = self._negotiate(code, body, last)
         has_date = has_server = False
         lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
-        for name, value in self.headers:
-            lower = name.lower()
+        for header in self.headers:
+            try:
+                known = _clean_headers.get(header)
+            except TypeError:  # an app changed its list after start_response
+                known = None
+            if known is None:
+                name, value = header
+                lower = name.lower()
+                line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+            else:
+                line, lower = known
             if lower == "content-length":
-                self.length = int(value)
+                self.length = int(header[1])
             elif lower == "date":
                 has_date = True
             elif lower == "server":
                 has_server = True
-            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+            lines.append(line)
         if not has_date:
             lines.append(http_date())
         if not has_server:
@@ -305,10 +322,10 @@ class Responder(BaseResponder):
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         check_status(status)
-        check_headers(headers)
-        headers, close = drop_hop_by_hop(headers)
-        if close:
-            self.keep_alive = False
+        if not check_headers(headers):  # some field is new: maybe hop-by-hop
+            headers, close = drop_hop_by_hop(headers)
+            if close:
+                self.keep_alive = False
         self.status, self.headers = status, headers
         self.pending_head = True
         return self.write
@@ -521,14 +538,27 @@ def reason_of(code: int) -> str:
 
 
 def check_status(status) -> None:
+    if type(status) is str and status in _clean_statuses:
+        return
     if not isinstance(status, str) or not STATUS.match(status):
         raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+    if type(status) is str and len(_clean_statuses) < MAX_CLEAN_HEADERS:
+        _clean_statuses.add(status)
 
 
-def check_headers(headers) -> None:
+def check_headers(headers) -> bool:
+    """Refuse header lists that would corrupt or split the response. True when every field was
+    seen before, valid and not hop-by-hop (see `_clean_headers`): nothing is left to drop."""
     if not isinstance(headers, list):
         raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+    known = True
     for item in headers:
+        try:
+            if item in _clean_headers:
+                continue
+        except TypeError:  # unhashable: not a (str, str) tuple, which the checks below say
+            pass
+        known = False
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"response header {item!r} is not a (name, value) tuple")
         name, value = item
@@ -544,6 +574,20 @@ def check_headers(headers) -> None:
                 value.encode("latin-1")
             except UnicodeEncodeError:
                 raise ValueError(f"response header {name} value is not latin-1 text") from None
+        _remember_clean(item)
+    return known
+
+
+def _remember_clean(item: tuple) -> None:
+    """Keep a checked field for next time, with its wire form: most responses repeat them."""
+    name, value = item
+    if type(item) is not tuple or type(name) is not str or type(value) is not str:
+        return  # subclasses may compare equal to what they do not encode to
+    lower = name.lower()
+    if (lower not in HOP_BY_HOP and len(value) <= MAX_CLEAN_VALUE
+            and len(_clean_headers) < MAX_CLEAN_HEADERS):
+        line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        _clean_headers[item] = (line, lower)
 
 
 def drop_hop_by_hop(headers: list) -> tuple[list, bool]:

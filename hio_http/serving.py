@@ -504,8 +504,10 @@ class WSGISteward(Steward):
         if self.environ_base is None:
             self.environ_base = self.server.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
-        if any(key in environ for key in FORWARDING_KEYS):
-            apply_forwarding(environ, self.server.trusted)
+        for key in FORWARDING_KEYS:
+            if key in environ:
+                apply_forwarding(environ, self.server.trusted)
+                break
         pool = self.server.pool
         if pool is not None:
             return ThreadedResponder(self.connection, request, self.server.app, environ,
