@@ -61,6 +61,7 @@ _clean_headers: dict = {}
 MAX_CLEAN_HEADERS = 4096
 MAX_CLEAN_VALUE = 256
 _clean_statuses: set = set()  # status lines found valid
+_status_lines: dict = {}  # status -> (its code, its line on the wire)
 
 _date_cache = [0, b""]
 
@@ -80,26 +81,27 @@ class BaseResponder:
     high_water = 64 * 1024
     working = False  # the app works on this response off the loop (ThreadedResponder)
     queued = False  # it waits for a free app thread (ThreadedResponder)
+    # Defaults every response starts from, kept on the class: a response sets only what differs.
+    status: Optional[str] = None
+    head_sent = False
+    keep_alive = False
+    broken = False  # the response could not be completed after its head went out
+    length: Optional[int] = None  # declared Content-Length
+    sent = 0  # body bytes sent
+    chunked = False
+    bodiless = False
+    closed = False
+    compress: Optional[bool] = None  # None: as the server is set; True / False: always
+    compression: Optional[Compression] = None  # the policy in force; None: identity
+    encoder: Optional[GzipStream] = None  # set once the body is being gzipped
+    raw_length: Optional[int] = None  # the app's Content-Length, before gzip
+    raw_sent = 0  # body bytes taken from the app, before gzip
 
     def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
         self.connection = None
         self.request = None
         self.server_header = server_header
-        self.status: Optional[str] = None
         self.headers: list = []
-        self.head_sent = False
-        self.keep_alive = False
-        self.broken = False  # the response could not be completed after its head went out
-        self.length: Optional[int] = None  # declared Content-Length
-        self.sent = 0  # body bytes sent
-        self.chunked = False
-        self.bodiless = False
-        self.closed = False
-        self.compress: Optional[bool] = None  # None: as the server is set; True / False: always
-        self.compression: Optional[Compression] = None  # the policy in force; None: identity
-        self.encoder: Optional[GzipStream] = None  # set once the body is being gzipped
-        self.raw_length: Optional[int] = None  # the app's Content-Length, before gzip
-        self.raw_sent = 0  # body bytes taken from the app, before gzip
         if connection is not None:
             self.attach(connection, request, server_header)
 
@@ -158,13 +160,18 @@ class BaseResponder:
 
     def send_head(self, body: bytes = b"", last: bool = False) -> None:
         """Send status line and headers, with `body` if given; `last` means body is all of it."""
-        code = int(self.status[:3])
+        status = _status_lines.get(self.status)
+        if status is None:
+            status = (int(self.status[:3]), b"HTTP/1.1 " + self.status.encode("latin-1") + b"\r\n")
+            if len(_status_lines) < MAX_CLEAN_HEADERS:
+                _status_lines[self.status] = status
+        code = status[0]
         if code < 200 or code in (204, 304):
             self.bodiless = True
         if self.compression is not None:
             body = self._negotiate(code, body, last)
         has_date = has_server = False
-        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
+        lines = [status[1]]
         for header in self.headers:
             try:
                 known = _clean_headers.get(header)
@@ -382,8 +389,26 @@ class Responder(BaseResponder):
     def pump(self) -> str:
         if self.iterator is None:  # the app failed
             return DONE
+        result = self.result
+        if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
+                and not self.head_sent and self.status is not None
+                and self.connection.pending < self.high_water and not self.connection.closed):
+            return self._send_whole(result[0])
         try:
             return self._pull()
+        except Exception:
+            self.fail()
+            return DONE
+
+    def _send_whole(self, body: bytes) -> str:
+        """The common answer, a one-item list: head and body in one send, no iteration."""
+        try:
+            self.iterator = iter(())  # the item is taken
+            self._out(body, last=True)
+            if self.bodiless or self.connection.pending < self.high_water:
+                self.finish()
+                return DONE
+            return BLOCKED  # finished on the pump after the drain, as the loop would
         except Exception:
             self.fail()
             return DONE

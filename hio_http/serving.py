@@ -401,7 +401,8 @@ class Steward:
             if responder.connection is None:
                 responder.attach(self.connection, request, self.server.server_header)
             responder.high_water = self.settings.high_water
-            responder.use_compression(self.server.compression, self.settings.compress)
+            if self.settings.compress or responder.compress is not None:
+                responder.use_compression(self.server.compression, self.settings.compress)
         return responder
 
     def _finish_response(self) -> bool:
