@@ -777,6 +777,10 @@ class Server(BaseServer):
             "wsgi.multithread": self.pool is not None, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+            # set for each request; present here so that a request's copy never grows its table
+            "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "RAW_URI": "",
+            "REQUEST_URI": "", "SERVER_PROTOCOL": "", "wsgi.input": None,
+            "hio_http.trailers": None,
         }
         return self
 
