@@ -54,8 +54,12 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported"}
 
-# Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, the
-# lower-case name): an app sends the same few fields again and again, so each is checked and
+# The response fields send_head looks for; any other is 0.
+_LENGTH, _DATE, _SERVER = 1, 2, 3
+_FIELD_KINDS = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
+
+# Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, its
+# kind above): an app sends the same few fields again and again, so each is checked and
 # encoded once. Bounded, and only short values (no session cookies piling up).
 _clean_headers: dict = {}
 MAX_CLEAN_HEADERS = 4096
@@ -179,16 +183,17 @@ class BaseResponder:
                 known = None
             if known is None:
                 name, value = header
-                lower = name.lower()
+                kind = _FIELD_KINDS.get(name.lower(), 0)
                 line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
             else:
-                line, lower = known
-            if lower == "content-length":
-                self.length = int(header[1])
-            elif lower == "date":
-                has_date = True
-            elif lower == "server":
-                has_server = True
+                line, kind = known
+            if kind:
+                if kind == _LENGTH:
+                    self.length = int(header[1])
+                elif kind == _DATE:
+                    has_date = True
+                else:
+                    has_server = True
             lines.append(line)
         if not has_date:
             lines.append(http_date())
@@ -211,7 +216,11 @@ class BaseResponder:
         lines.append(b"\r\n")
         self.head_sent = True
         if body and not self.bodiless:
-            lines.append(self._frame(body))
+            if self.encoder is None and self.length is not None and len(body) <= self.length:
+                self.sent = len(body)  # the usual whole body: nothing to cut or encode
+                lines.append(body)
+            else:
+                lines.append(self._frame(body))
         self.connection.send(b"".join(lines))
 
     def send_body(self, data: bytes) -> None:
@@ -612,7 +621,7 @@ def _remember_clean(item: tuple) -> None:
     if (lower not in HOP_BY_HOP and len(value) <= MAX_CLEAN_VALUE
             and len(_clean_headers) < MAX_CLEAN_HEADERS):
         line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-        _clean_headers[item] = (line, lower)
+        _clean_headers[item] = (line, _FIELD_KINDS.get(lower, 0))
 
 
 def drop_hop_by_hop(headers: list) -> tuple[list, bool]:

@@ -159,6 +159,10 @@ class Steward:
         requestant = self.requestant
         offset, size = 0, len(data)
         try:
+            if (size <= PARSE_SLICE and requestant.current is None
+                    and len(requestant.requests) < self.settings.max_pipeline):
+                requestant.feed(data)  # the usual few small requests: one feed
+                offset = size
             while offset < size:
                 if len(requestant.requests) >= self.settings.max_pipeline:
                     break
@@ -505,10 +509,8 @@ class WSGISteward(Steward):
         if self.environ_base is None:
             self.environ_base = self.server.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
-        for key in FORWARDING_KEYS:
-            if key in environ:
-                apply_forwarding(environ, self.server.trusted)
-                break
+        if not environ.keys().isdisjoint(FORWARDING_KEYS):
+            apply_forwarding(environ, self.server.trusted)
         pool = self.server.pool
         if pool is not None:
             return ThreadedResponder(self.connection, request, self.server.app, environ,
