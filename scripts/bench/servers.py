@@ -115,7 +115,7 @@ SERVERS = [
                cases=THREADED_CASES),
     ServerSpec(BASELINE, "hio_http-baseline", ("httptools",), _hio_http,
                "its CLI as at the --baseline revision (default HEAD), default settings",
-               cases=("hello_c10", "json_c10", "close_c10")),
+               cases=("hello_c1", "hello_c10", "json_c10", "close_c10", "upload", "download")),
     ServerSpec("hio_http wide", "hio_http", ("httptools", "py-spy"), _hio_http_wide,
                "host_hio_http.py: max_connections=20000, otherwise as the CLI", cases=IDLE_ONLY),
     ServerSpec("waitress-4", "waitress", ("waitress",), _waitress(None),
