@@ -310,8 +310,7 @@ class Requestant:
         hosts = noted.get("host")
         if hosts is None or len(hosts) > 1:
             self._check_host(version, hosts)
-        chunked = length = upgrade = None
-        expect = False
+        chunked, length, upgrade, expect = False, None, None, False
         if len(noted) > 1 or hosts is None:  # more than Host: framing, expectations, upgrade
             chunked = self._check_transfer_encoding(version, noted.get("transfer-encoding"))
             length = self._check_content_length(noted.get("content-length"))
@@ -321,7 +320,7 @@ class Requestant:
             expect = "expect" in noted and version == "1.1" and any(
                 value.lower() == "100-continue" for value in noted["expect"])
         return Request(method, target, path, query, version, self._fields, [],
-                       self._new_body(chunked, length), 0, length, bool(chunked),
+                       self._new_body(chunked, length), 0, length, chunked,
                        parser.should_keep_alive(), expect, upgrade)
 
     def _new_body(self, chunked: bool, length: int | None) -> BinaryIO:

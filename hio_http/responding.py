@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from email.utils import formatdate
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import unquote_to_bytes
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
@@ -102,7 +102,7 @@ class BaseResponder:
     raw_sent = 0  # body bytes taken from the app, before gzip
 
     def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
-        self.connection = None
+        self.connection: Any = None  # a net.Connection, or a pool thread's Relay
         self.request = None
         self.server_header = server_header
         self.headers: list = []
