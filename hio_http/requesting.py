@@ -66,6 +66,13 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
 _NOTED = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade",
                     "content-type"))
 
+# Decoded methods and lower-cased field names of the common requests, looked up, not recomputed.
+_METHODS = {method.encode(): method for method in
+            ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+_LOWER_NAMES = {name: name.lower() for name in
+                ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
+                 "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
+
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
 _LINE_OVERHEAD = 12
 
@@ -287,24 +294,37 @@ class Requestant:
             if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
                 self._fail(505, "HTTP version not supported")
             version = "1.1"  # a later 1.x: served as the highest minor we speak (RFC 9112 §2.3)
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._fail(501, "CONNECT not implemented: this is not a proxy")
-        target = b"".join(self._url_parts).decode("latin-1")
-        path, query = self._split_target(target, method)
+        parts = self._url_parts
+        target = (parts[0] if len(parts) == 1 else b"".join(parts)).decode("latin-1")
+        if target[:1] == "/" and "#" not in target:  # origin-form, the usual case
+            path, _, query = target.partition("?")
+        else:
+            path, query = self._split_target(target, method)
         noted: dict[str, list[str]] = {}
         for name, value in self._fields:
-            key = name.lower()
+            key = _LOWER_NAMES.get(name) or name.lower()
             if key in _NOTED:
-                noted.setdefault(key, []).append(value)
-        self._check_host(version, noted.get("host"))
-        if len(noted.get("content-type", ())) > 1:
-            # RFC 9110 §5.3, §8.3: one value only; a proxy may have acted on the other one.
-            self._fail(400, "more than one Content-Type header")
-        chunked = self._check_transfer_encoding(version, noted.get("transfer-encoding"))
-        length = self._check_content_length(noted.get("content-length"))
-        upgrade = noted["upgrade"][0] if "upgrade" in noted and parser.should_upgrade() else None
-        expect = self._check_expectation(version, noted.get("expect"))
+                if key in noted:
+                    noted[key].append(value)
+                else:
+                    noted[key] = [value]
+        hosts = noted.get("host")
+        if hosts is None or len(hosts) > 1:
+            self._check_host(version, hosts)
+        chunked, length, upgrade, expect = False, None, None, False
+        if len(noted) > 1 or hosts is None:  # more than Host: framing, expectations, upgrade
+            if len(noted.get("content-type", ())) > 1:
+                # RFC 9110 §5.3, §8.3: one value only; a proxy may have acted on the other one.
+                self._fail(400, "more than one Content-Type header")
+            chunked = self._check_transfer_encoding(version, noted.get("transfer-encoding"))
+            length = self._check_content_length(noted.get("content-length"))
+            if "upgrade" in noted and parser.should_upgrade():
+                upgrade = noted["upgrade"][0]
+            expect = self._check_expectation(version, noted.get("expect"))
         return Request(method, target, path, query, version, self._fields, [],
                        self._new_body(chunked, length), 0, length, chunked,
                        parser.should_keep_alive(), expect, upgrade)

@@ -54,6 +54,19 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported"}
 
+# The response fields send_head looks for; any other is 0.
+_LENGTH, _DATE, _SERVER = 1, 2, 3
+_FIELD_KINDS = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
+
+# Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, its
+# kind above): an app sends the same few fields again and again, so each is checked and
+# encoded once. Bounded, and only short values (no session cookies piling up).
+_clean_headers: dict = {}
+MAX_CLEAN_HEADERS = 4096
+MAX_CLEAN_VALUE = 256
+_clean_statuses: set = set()  # status lines found valid
+_status_lines: dict = {}  # status -> (its code, its line on the wire)
+
 _date_cache = [0, b""]
 
 
@@ -85,26 +98,27 @@ class BaseResponder:
     """Frames and sends one response on a Connection; subclasses supply status, headers, body."""
 
     high_water = 64 * 1024
+    # Defaults every response starts from, kept on the class: a response sets only what differs.
+    status: Optional[str] = None
+    head_sent = False
+    keep_alive = False
+    broken = False  # the response could not be completed after its head went out
+    length: Optional[int] = None  # declared Content-Length
+    sent = 0  # body bytes sent
+    chunked = False
+    bodiless = False
+    closed = False
+    compress: Optional[bool] = None  # None: as the server is set; True / False: always
+    compression: Optional[Compression] = None  # the policy in force; None: identity
+    encoder: Optional[GzipStream] = None  # set once the body is being gzipped
+    raw_length: Optional[int] = None  # the app's Content-Length, before gzip
+    raw_sent = 0  # body bytes taken from the app, before gzip
 
     def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
-        self.connection: Optional[Outlet] = None
+        self.connection: Optional[Outlet] = None  # a net.Connection, or an app thread's Relay
         self.request = None
         self.server_header = server_header
-        self.status: Optional[str] = None
         self.headers: list = []
-        self.head_sent = False
-        self.keep_alive = False
-        self.broken = False  # the response could not be completed after its head went out
-        self.length: Optional[int] = None  # declared Content-Length
-        self.sent = 0  # body bytes sent
-        self.chunked = False
-        self.bodiless = False
-        self.closed = False
-        self.compress: Optional[bool] = None  # None: as the server is set; True / False: always
-        self.compression: Optional[Compression] = None  # the policy in force; None: identity
-        self.encoder: Optional[GzipStream] = None  # set once the body is being gzipped
-        self.raw_length: Optional[int] = None  # the app's Content-Length, before gzip
-        self.raw_sent = 0  # body bytes taken from the app, before gzip
         if connection is not None:
             self.attach(connection, request, server_header)
 
@@ -173,22 +187,37 @@ class BaseResponder:
 
     def send_head(self, body: bytes = b"", last: bool = False) -> None:
         """Send status line and headers, with `body` if given; `last` means body is all of it."""
-        code = int(self.status[:3])
+        status = _status_lines.get(self.status)
+        if status is None:
+            status = (int(self.status[:3]), b"HTTP/1.1 " + self.status.encode("latin-1") + b"\r\n")
+            if len(_status_lines) < MAX_CLEAN_HEADERS:
+                _status_lines[self.status] = status
+        code = status[0]
         if code < 200 or code in (204, 304):
             self.bodiless = True
         if self.compression is not None:
             body = self._negotiate(code, body, last)
         has_date = has_server = False
-        lines = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                self.length = int(value)
-            elif lower == "date":
-                has_date = True
-            elif lower == "server":
-                has_server = True
-            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        lines = [status[1]]
+        for header in self.headers:
+            try:
+                known = _clean_headers.get(header)
+            except TypeError:  # an app changed its list after start_response
+                known = None
+            if known is None:
+                name, value = header
+                kind = _FIELD_KINDS.get(name.lower(), 0)
+                line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+            else:
+                line, kind = known
+            if kind:
+                if kind == _LENGTH:
+                    self.length = int(header[1])
+                elif kind == _DATE:
+                    has_date = True
+                else:
+                    has_server = True
+            lines.append(line)
         if not has_date:
             lines.append(http_date())
         if not has_server:
@@ -210,7 +239,11 @@ class BaseResponder:
         lines.append(b"\r\n")
         self.head_sent = True
         if body and not self.bodiless:
-            lines.append(self._frame(body))
+            if self.encoder is None and self.length is not None and len(body) <= self.length:
+                self.sent = len(body)  # the usual whole body: nothing to cut or encode
+                lines.append(body)
+            else:
+                lines.append(self._frame(body))
         self.connection.send(b"".join(lines))
 
     def send_body(self, data: bytes) -> None:
@@ -333,10 +366,10 @@ class Responder(BaseResponder):
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         check_status(status)
-        check_headers(headers)
-        headers, close = drop_hop_by_hop(headers)
-        if close:
-            self.keep_alive = False
+        if not check_headers(headers):  # some field is new: maybe hop-by-hop
+            headers, close = drop_hop_by_hop(headers)
+            if close:
+                self.keep_alive = False
         self.status, self.headers = status, headers
         self.pending_head = True
         return self.write
@@ -393,8 +426,26 @@ class Responder(BaseResponder):
     def pump(self) -> str:
         if self.iterator is None:  # the app failed
             return DONE
+        result = self.result
+        if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
+                and not self.head_sent and self.status is not None
+                and self.connection.pending < self.high_water and not self.connection.closed):
+            return self._send_whole(result[0])
         try:
             return self._pull()
+        except Exception:
+            self.fail()
+            return DONE
+
+    def _send_whole(self, body: bytes) -> str:
+        """The common answer, a one-item list: head and body in one send, no iteration."""
+        try:
+            self.iterator = iter(())  # the item is taken
+            self._out(body, last=True)
+            if self.bodiless or self.connection.pending < self.high_water:
+                self.finish()
+                return DONE
+            return BLOCKED  # finished on the pump after the drain, as the loop would
         except Exception:
             self.fail()
             return DONE
@@ -549,14 +600,27 @@ def reason_of(code: int) -> str:
 
 
 def check_status(status) -> None:
+    if type(status) is str and status in _clean_statuses:
+        return
     if not isinstance(status, str) or not STATUS.match(status):
         raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+    if type(status) is str and len(_clean_statuses) < MAX_CLEAN_HEADERS:
+        _clean_statuses.add(status)
 
 
-def check_headers(headers) -> None:
+def check_headers(headers) -> bool:
+    """Refuse header lists that would corrupt or split the response. True when every field was
+    seen before, valid and not hop-by-hop (see `_clean_headers`): nothing is left to drop."""
     if not isinstance(headers, list):
         raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+    known = True
     for item in headers:
+        try:
+            if item in _clean_headers:
+                continue
+        except TypeError:  # unhashable: not a (str, str) tuple, which the checks below say
+            pass
+        known = False
         if not (isinstance(item, tuple) and len(item) == 2):
             raise TypeError(f"response header {item!r} is not a (name, value) tuple")
         name, value = item
@@ -566,6 +630,20 @@ def check_headers(headers) -> None:
             raise TypeError(f"response header {name} value must be str, not "
                             f"{type(value).__name__}")
         check_field(name, value, "response header")
+        _remember_clean(item)
+    return known
+
+
+def _remember_clean(item: tuple) -> None:
+    """Keep a checked field for next time, with its wire form: most responses repeat them."""
+    name, value = item
+    if type(item) is not tuple or type(name) is not str or type(value) is not str:
+        return  # subclasses may compare equal to what they do not encode to
+    lower = name.lower()
+    if (lower not in HOP_BY_HOP and len(value) <= MAX_CLEAN_VALUE
+            and len(_clean_headers) < MAX_CLEAN_HEADERS):
+        line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        _clean_headers[item] = (line, _FIELD_KINDS.get(lower, 0))
 
 
 def drop_hop_by_hop(headers: list) -> tuple[list, bool]:

@@ -207,6 +207,10 @@ class Steward:
         requestant = self.requestant
         offset, size = 0, len(data)
         try:
+            if (size <= PARSE_SLICE and requestant.current is None
+                    and len(requestant.requests) < self.settings.max_pipeline):
+                requestant.feed(data)  # the usual few small requests: one feed
+                offset = size
             while offset < size:
                 if len(requestant.requests) >= self.settings.max_pipeline:
                     break
@@ -459,7 +463,8 @@ class Steward:
             if responder.connection is None:
                 responder.attach(self.connection, request, self.server.server_header)
             responder.high_water = self.settings.high_water
-            responder.use_compression(self.server.compression, self.settings.compress)
+            if self.settings.compress or responder.compress is not None:
+                responder.use_compression(self.server.compression, self.settings.compress)
         return responder
 
     def _finish_response(self) -> bool:
@@ -593,7 +598,7 @@ class WSGISteward(Steward):
         if self.environ_base is None:
             self.environ_base = self.server.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
-        if any(key in environ for key in FORWARDING_KEYS):
+        if not environ.keys().isdisjoint(FORWARDING_KEYS):
             apply_forwarding(environ, self.server.trusted)
         pool = self.server.pool
         if pool is not None:
@@ -882,6 +887,10 @@ class Server(BaseServer):
             "wsgi.multithread": self.pool is not None, "wsgi.multiprocess": False,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True, "wsgi.file_wrapper": FileWrapper,
+            # set for each request; present here so that a request's copy never grows its table
+            "REQUEST_METHOD": "", "PATH_INFO": "", "QUERY_STRING": "", "RAW_URI": "",
+            "REQUEST_URI": "", "SERVER_PROTOCOL": "", "wsgi.input": None,
+            "hio_http.trailers": None,
         }
         return self
 

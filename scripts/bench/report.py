@@ -50,12 +50,12 @@ def markdown(data: dict) -> str:
         rate = ("MiB/s", "mib_s") if case["transfer"] else ("req/s", "rps")
         lines += ["", f"### {case['title']}", "",
                   f"| server | {rate[0]} | p50 | p99 | errors | RSS MiB | server CPU % "
-                  "| other on server / client core % |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| CPU µs per request | other on server / client core % |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in rows:
             line = table.line(row, [(rate[1], _rate), ("p50", _latency), ("p99", _latency),
                                     ("errors", _count), ("rss_kib", _mib),
-                                    ("cpu_pct", _percent)])
+                                    ("cpu_pct", _percent), ("cpu_us", _one)])
             if row["status"] == "ok":
                 server, client = row.get("core_other_pct"), row.get("client_other_pct")
                 line += (f" {'—' if server is None else _percent(server)} / "

@@ -276,6 +276,8 @@ class Bench:
                 again = harness.run_wrk(url, case.connections, self.duration, server=leader,
                                         **options)
                 run = min(run, again, key=_disturbance)
+            if run.get("cpu_pct") is not None and run.get("rps"):
+                run["cpu_us"] = run["cpu_pct"] * 1e4 / run["rps"]  # server CPU per request
             runs.append(run)
         (self.logs / f"wrk-{_slug(spec.name)}-{case.key}.txt").write_text(
             "\n".join(run["raw"] for run in runs))
@@ -285,7 +287,7 @@ class Bench:
                    "rps_runs": [run.get("rps") for run in runs],
                    "socket_errors": _sum_dicts(run["socket_errors"] for run in runs),
                    "non_2xx": sum(run["non_2xx"] for run in runs),
-                   "cpu_pct": _median(runs, "cpu_pct"),
+                   "cpu_pct": _median(runs, "cpu_pct"), "cpu_us": _median(runs, "cpu_us"),
                    "core_other_pct": _median(runs, "server_other_pct"),
                    "client_other_pct": _median(runs, "client_other_pct"), "retries": retries,
                    "rss_kib": harness.memory_kib(leader),

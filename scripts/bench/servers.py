@@ -77,6 +77,13 @@ def _granian(threads: int):
     return command
 
 
+def _uwsgi(bin_dir: Path, port: int) -> list:
+    # One process, one thread, HTTP/1.1 keep-alive on its own http socket (no router process).
+    return [str(bin_dir / "uwsgi"), "--http11-socket", f"127.0.0.1:{port}", "--wsgi-file",
+            "apps.py", "--callable", "app", "--processes", "1", "--threads", "1",
+            "--listen", "1024", "--disable-logging", "--need-app"]
+
+
 def _cheroot(bin_dir: Path, port: int) -> list:
     # Its listen backlog defaults to 5: wrk's 100 simultaneous connects would then meet SYN
     # drops and 1 s retries, so it gets the 1024 most of the others use.
@@ -108,7 +115,7 @@ SERVERS = [
                cases=THREADED_CASES),
     ServerSpec(BASELINE, "hio_http-baseline", ("httptools",), _hio_http,
                "its CLI as at the --baseline revision (default HEAD), default settings",
-               cases=("hello_c10", "json_c10", "close_c10")),
+               cases=("hello_c1", "hello_c10", "json_c10", "close_c10", "upload", "download")),
     ServerSpec("hio_http wide", "hio_http", ("httptools", "py-spy"), _hio_http_wide,
                "host_hio_http.py: max_connections=20000, otherwise as the CLI", cases=IDLE_ONLY),
     ServerSpec("waitress-4", "waitress", ("waitress",), _waitress(None),
@@ -122,6 +129,10 @@ SERVERS = [
     ServerSpec("granian-4", "granian", ("granian",), _granian(4),
                "granian --interface wsgi, 1 worker, 1 runtime thread, 4 blocking threads",
                cases=THREADED_CASES),
+    ServerSpec("granian", "granian", ("granian",), _granian(1),
+               "granian --interface wsgi, 1 worker, 1 runtime thread, 1 blocking thread"),
+    ServerSpec("uwsgi", "uwsgi", ("uwsgi",), _uwsgi,
+               "uWSGI --http11-socket (HTTP/1.1 keep-alive on), 1 process, 1 thread"),
     ServerSpec("cheroot", "cheroot", ("cheroot",), _cheroot,
                "cheroot CLI, default 10 threads, --request-queue-size 1024 (listen backlog; default 5)"),
     ServerSpec("bjoern", "bjoern", ("bjoern",), _bjoern, "bjoern.run (libev, C)"),
