@@ -174,10 +174,9 @@ class Doer(Tymee):
             still answer at once when something happens (ServerDoer does); hio's ignore it.
     """
 
-    @property
-    def urgent(self) -> bool:
-        """True while the doer wants its next turn now (see the class docstring)."""
-        return False
+    # True while the doer wants its next turn now (see the class docstring). A class attribute,
+    # not a property: the Doist reads it for every sleeping doer on every pass.
+    urgent: bool = False
 
     def __init__(self, *, tymth: Optional[Tymth] = None, tock: float = 0.0, temp=None, **opts):
         super().__init__(tymth=tymth)
@@ -294,7 +293,7 @@ class DoDoer(Doer):
         self.deeds.enter(self.doers, self._wound(), self.tyme, self.temp)
 
     @property
-    def urgent(self) -> bool:
+    def urgent(self) -> bool:  # type: ignore[override]  # computed; a plain flag elsewhere
         """A DoDoer sleeping on a tock of its own still wakes for an urgent doer of its own."""
         return any(getattr(doer, "urgent", False) for doer in self.doers)
 
@@ -331,7 +330,7 @@ class EndWhen(Doer):
         self.doist, self.condition = doist, condition
 
     @property
-    def urgent(self) -> bool:
+    def urgent(self) -> bool:  # type: ignore[override]  # computed; a plain flag elsewhere
         return bool(self.condition())
 
     def recur(self, tyme: float) -> bool:
