@@ -10,6 +10,7 @@ import time
 from wsgiref.validate import validator
 
 import pytest
+import waitress
 
 
 
@@ -119,3 +120,38 @@ def refusing_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def waitress_server(app):
+    """waitress in a thread. Its loop runs until its last connection is gone, so tests close
+    their clients first; close() then ends it."""
+    server = waitress.create_server(app, host="127.0.0.1", port=0)
+    closing = threading.Event()
+
+    def run():
+        try:
+            server.run()
+        except OSError:  # close() took the sockets from under its select()
+            if not closing.is_set():
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        closing.set()
+        server.close()
+        thread.join(5)
+
+
+def wait_for(condition, timeout=15.0):
+    """Poll `condition` until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

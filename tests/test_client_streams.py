@@ -3,7 +3,6 @@ trailers, files of known length, b"" pauses, backpressure, 100-continue accepted
 silent resend), streamed downloads with a slow consumer, and gzip / deflate decoding bounded
 against bombs; against hio_http, waitress, the standard library's http.server and raw sockets."""
 
-import contextlib
 import gzip
 import hashlib
 import http.server
@@ -20,7 +19,7 @@ import pytest
 from hio_http.clienting import Client, ConnectionLost, ProtocolError
 from hio_http.testing import serve_in_thread
 
-from conftest import stdlib_server
+from conftest import stdlib_server, waitress_server
 
 waitress = pytest.importorskip("waitress")
 
@@ -39,28 +38,6 @@ def upload_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]
-
-
-@contextlib.contextmanager
-def waitress_server(app):
-    server = waitress.create_server(app, host="127.0.0.1", port=0)
-    closing = threading.Event()
-
-    def run():
-        try:
-            server.run()
-        except OSError:
-            if not closing.is_set():
-                raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        closing.set()
-        server.close()
-        thread.join(5)
 
 
 class ChunkedHandler(http.server.BaseHTTPRequestHandler):

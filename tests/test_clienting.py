@@ -28,7 +28,7 @@ from hio_http.serving import BareServer
 from hio_http.sse import Broadcaster
 from hio_http.testing import Loop, serve_in_thread
 
-from conftest import server_context, stdlib_server
+from conftest import server_context, stdlib_server, waitress_server
 
 waitress = pytest.importorskip("waitress")
 
@@ -121,30 +121,6 @@ def read_requests(conn, count, buffer=b""):
 
 def reply(body, extra=b""):
     return (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body))
-
-
-@contextlib.contextmanager
-def waitress_server(app):
-    """waitress in a thread. Its loop runs until its last connection is gone, so tests close
-    their clients first; close() then ends it."""
-    server = waitress.create_server(app, host="127.0.0.1", port=0)
-    closing = threading.Event()
-
-    def run():
-        try:
-            server.run()
-        except OSError:  # close() took the sockets from under its select()
-            if not closing.is_set():
-                raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        closing.set()
-        server.close()
-        thread.join(5)
 
 
 def echo_app(environ, start_response):

@@ -15,6 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import wait_for
 from test_cli import start, stop
 
 APP = textwrap.dedent('''
@@ -111,17 +112,6 @@ class Load:
     def count(self):
         with self.lock:
             return self.sent
-
-
-def wait_for(condition, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
 
 def children_of(pid):
     return {int(child) for child in

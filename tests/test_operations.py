@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from conftest import wait_for
 from test_cli import start, stop
 
 APP = textwrap.dedent('''
@@ -115,17 +116,6 @@ def test_sigterm_lets_the_request_in_flight_finish(app_dir):
 def children_of(pid):
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return {int(child) for child in path.read_text().split()}
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
 
 def test_workers_share_the_port_and_a_killed_worker_is_replaced(app_dir):
     process, url = run(["--port", "0", "--workers", "2", "opsapp:app"], app_dir)

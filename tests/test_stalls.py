@@ -20,7 +20,8 @@ from hio_http.pool import AppPool
 from hio_http.stalls import StallWatch
 
 from test_cli import start, stop
-from test_operations import children_of, wait_for
+from conftest import wait_for
+from test_operations import children_of
 
 
 def stall_warnings(caplog):

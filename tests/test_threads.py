@@ -21,7 +21,7 @@ from hio_http.sse import Broadcaster
 
 from conftest import raw_connect, read_until_closed
 from test_cli import start, stop
-from test_operations import wait_for
+from conftest import wait_for
 
 APP_THREAD = "hio_http-app"
 
