@@ -19,7 +19,7 @@ LAYERS = {
         "accesslog", "websocket_frames", "pool"],
     6: ["threaded", "settings", "client_response"],
     7: ["client_session", "sse", "static", "websocket"],
-    8: ["serving"],
+    8: ["stewarding", "serving"],
     9: ["client_events", "websocket_client", "clienting"],
     10: ["compat", "compat.http", "compat.http.adapting", "compat.http.serving",
          "compat.http.clienting"],

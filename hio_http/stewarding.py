@@ -1,0 +1,587 @@
+"""One connection of a server: a `Steward` parses its requests with a Requestant, answers them
+in order with responders, keeps its deadline (a `State` and the DEADLINES table), and serves
+keep-alive and pipelining; `WSGISteward` answers with the server's WSGI app. Nothing here
+blocks, and one connection's failure (bad bytes, an app exception, a reset) touches no other.
+"""
+
+# Theory of operation
+# -------------------
+# All socket work happens in Poller callbacks: Acceptor -> the server's _accept -> Steward;
+# Connection -> Steward.received/drained/ended/closed. A Steward is in one `State` at a time
+# (the Enum below says what each means), each bounded by the setting the DEADLINES table names;
+# every change of state goes through `Steward._expect`, which sets the deadline from that table.
+# A WAITING steward (the app said "not yet", b"") is resumed on every pass of the server; or,
+# for a body that can wake the server itself (responder.park), only when it does so or its own
+# deadline comes (an SSE heartbeat); an app thread's response wakes it when the thread is done.
+# An upgrade request ends the HTTP/1 stream: it is answered and the connection closes, unless it
+# is a WebSocket handshake for one of the server's `websockets` endpoints; then `switch()` hands
+# the connection to a protocol object (websocket.WebSocketSession) that takes the Steward's place
+# both as the Connection's handler and in the server's stewards (deadline, sweep, shutdown).
+# Draining (shutdown): every response says Connection: close and ends its connection; an idle
+# connection's deadline becomes the end of `drain_window` (a proxy may be sending on it until
+# it has marked this server down), and an idle deadline never closes a connection with unread
+# bytes: they are a request, to be answered.
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import logging
+import socket
+import sys
+import termios
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+from .net import Connection
+from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
+from .requesting import RequestError, Requestant
+from .responding import (DONE, WAITING, BaseResponder, CustomResponder, Responder,
+                         build_environ)
+from .threaded import ThreadedResponder
+
+if TYPE_CHECKING:
+    from .serving import BaseServer, Server
+
+logger = logging.getLogger("hio_http.server")
+
+__all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "TrafficObserver",
+           "is_event_stream"]
+
+PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+
+
+class TrafficObserver(Protocol):
+    """What a server tells of its traffic, when given one (hio_http.metrics.Metrics is)."""
+
+    received: int  # bytes read from clients, added to as they come
+
+    def responded(self, responder: BaseResponder, started: float) -> None:
+        """A response finished; `started` is when it began (time.time())."""
+
+
+class State(enum.Enum):
+    """Where a connection stands; DEADLINES says which setting bounds each state."""
+
+    HANDSHAKE = "handshake"    # TLS handshake not done
+    IDLE = "idle"              # nothing of a next request yet
+    HEAD = "head"              # some bytes of a request, head incomplete (slowloris)
+    BODY = "body"              # head done, body arriving (per progress)
+    RESPONDING = "responding"  # a responder is writing; deadline only while blocked (per drain)
+    WAITING = "waiting"        # the app said "not yet", or an app thread works on the request
+    CLOSING = "closing"        # an error answer is going out; then the connection closes
+
+
+# The setting that bounds each state (its deadline counts from entering it); None: no deadline
+# of its own (a parked body may ask for one; a closing answer gets a short grace).
+DEADLINES: dict = {State.HANDSHAKE: "handshake_timeout", State.IDLE: "idle_timeout",
+                   State.HEAD: "header_timeout", State.BODY: "body_timeout",
+                   State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
+_DEFAULT = object()  # _expect(state): the deadline the table gives
+
+
+class Steward:
+    """Serves one connection: parses requests, answers them in order, enforces deadlines.
+
+    Subclass and override `respond(request)` to answer with a responder; `BareServer` uses
+    Stewards directly, `Server` uses `WSGISteward`.
+    """
+
+    def __init__(self, server: "BaseServer", sock: socket.socket, peer):
+        self.server = server
+        self.settings = server.settings
+        self.requestant = Requestant(server.limits)
+        self.responder: Optional[BaseResponder] = None
+        self.deferred = None  # a request whose respond() said "not yet"
+        self.ahead: deque = deque()  # (responder, started) of pipelined requests begun early
+        self.unparsed = b""  # received bytes held back while max_pipeline requests wait
+        self.started = 0.0  # when the current response began (for the access log)
+        self.error: Optional[RequestError] = None  # answered after the requests before it
+        self.refused = False  # an error response went out; the connection is closing
+        self.eof = False  # the client sent EOF
+        self.continued = None  # the request we sent "100 Continue" for
+        self.deadline: Optional[float] = None
+        self.state = State.IDLE
+        self.protocol = None  # what the connection speaks after switch(), e.g. a WebSocket
+        self.peer = peer  # the client: the socket's peer, or what a trusted proxy said
+        # PROXY protocol is read only from trusted peers; from others the line is plain HTTP
+        # garbage and gets a 400, so nobody can claim an address they do not have.
+        self.proxy_header = (b"" if server.settings.proxy_protocol and server.trusts(peer)
+                             else None)
+        self.connection = Connection(sock, peer, server.poller, self)
+        if self.connection.handshaking:
+            self._expect(State.HANDSHAKE)
+        else:
+            self._expect(State.IDLE)
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    def respond(self, request) -> Optional[BaseResponder]:
+        """Return the responder that answers `request`, typically a `CustomResponder`, or None
+        for "not yet": it is asked again on each later pass, so an answer can wait for another
+        doer. Runs once per request otherwise. The default calls the server's `handler`, or
+        answers 404 when there is none."""
+        handler = getattr(self.server, "handler", None)
+        if handler is not None:
+            return handler(request)
+        return CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
+
+    def upgrade(self, request) -> Optional[BaseResponder]:
+        """Answer a WebSocket handshake (`Upgrade: websocket`): switch to the server's endpoint
+        for its path and return None, or return the responder that refuses it (404 when the
+        path has no endpoint, 400 or 426 for a bad handshake)."""
+        upgrade = self.server.websocket_upgrade
+        if upgrade is None:  # the server has no WebSocket endpoints at all
+            return CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
+                                   b"no WebSocket endpoint at this path\n")
+        return upgrade(self, request)
+
+    def switch(self, protocol) -> None:
+        """This connection now speaks another protocol (the 101 response has been queued).
+
+        `protocol` takes the Steward's place: it gets the Connection's events (`received`,
+        `drained`, `ended`, `closed`), stands in the server's stewards (the sweep reads its
+        `deadline`, which it reports with `server.remind(deadline)`, and calls `expire(now)`;
+        shutdown calls `wind_down()`; it must call `server.forget(protocol)` once closed), and
+        `protocol.start(leftover)` is called with
+        the bytes that followed the upgrade request's head.
+        """
+        server = self.server
+        self.protocol = protocol
+        server.waiting.discard(self)
+        server.stewards.discard(self)
+        server.stewards.add(protocol)
+        self.connection.handler = protocol
+        leftover, self.requestant.leftover = self.requestant.leftover, b""
+        self.requestant.close()
+        protocol.start(leftover)
+        if self.eof and not self.connection.closed:
+            protocol.ended()
+
+    # -- Connection events --------------------------------------------------------------------
+
+    def connected(self) -> None:
+        self._expect(State.IDLE)
+
+    def received(self, data: bytes) -> None:
+        if self.refused:
+            return  # an error was answered: nothing more is parsed on this connection
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.received += len(data)
+        if self.proxy_header is not None:
+            data = self._take_proxy_header(data)
+            if not data:
+                return
+        self._parse(data)
+        self.advance()
+
+    def _parse(self, data: bytes) -> None:
+        """Feed the parser, but stop once `max_pipeline` requests wait: the rest of the bytes
+        wait unparsed (and reading pauses), so tiny pipelined requests cannot pile up as
+        thousands of parsed objects. Bodies of known length go in one piece, for speed."""
+        requestant = self.requestant
+        offset, size = 0, len(data)
+        try:
+            if (size <= PARSE_SLICE and requestant.current is None
+                    and len(requestant.requests) < self.settings.max_pipeline):
+                requestant.feed(data)  # the usual few small requests: one feed
+                offset = size
+            while offset < size:
+                if len(requestant.requests) >= self.settings.max_pipeline:
+                    break
+                current = requestant.current
+                if current is not None and current.content_length is not None:
+                    step = max(current.content_length - current.body_size, 1)
+                else:
+                    step = PARSE_SLICE
+                requestant.feed(data if step >= size and not offset else
+                                data[offset:offset + step])
+                offset += step
+        except RequestError as ex:
+            self.error = ex
+            offset = size
+        except Exception:  # a parser bug must cost this connection only
+            logger.exception("request parser failed")
+            self.error = RequestError(400, "bad request")
+            offset = size
+        self.unparsed = data[offset:] if offset < size else b""
+
+    def _take_proxy_header(self, data: bytes) -> bytes:
+        """PROXY protocol (v1/v2) from a trusted proxy: learn the client's address first, then
+        hand the rest to the HTTP parser. A malformed header closes the connection."""
+        self.proxy_header += data
+        try:
+            parsed = parse_proxy_header(self.proxy_header)
+        except ProxyProtocolError as ex:
+            logger.info("bad PROXY protocol header from %s: %s", self.connection.peer, ex)
+            self.refused = True
+            self.connection.close()
+            return b""
+        if parsed is None:
+            if self.state is not State.HEAD:
+                self._expect(State.HEAD)
+            return b""
+        consumed, source, _ = parsed
+        rest = self.proxy_header[consumed:]
+        self.proxy_header = None
+        if source is not None:
+            self.peer = source
+        return rest
+
+    def drained(self) -> None:
+        if self.responder is not None:
+            self.advance()
+
+    def ended(self) -> None:
+        self.eof = True
+        if self.state is State.WAITING and not (self.responder is not None
+                                            and self.responder.working):
+            # A client gone while its response waits for data (long-poll, event stream) would
+            # otherwise only be noticed at the next write: free the connection now. (One an
+            # app thread works on is finished: the client may only have shut its side.)
+            self.connection.close()
+            return
+        self.advance()
+
+    def closed(self) -> None:
+        self.server.waiting.discard(self)
+        if self.responder is not None:
+            self.responder.close()
+            self.responder = None
+        while self.ahead:
+            self.ahead.popleft()[0].close()
+        self.requestant.close()
+        self.server.forget(self)
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Make every step possible now: answer queued requests in order, then wait."""
+        connection = self.connection
+        stalls = self.server.stalls
+        try:
+            while not connection.closed:
+                if self.responder is None and not self._begin_next():
+                    break
+                if stalls is None:
+                    state = self.responder.pump()
+                else:
+                    previous = stalls.enter(self.responder)
+                    try:
+                        state = self.responder.pump()
+                    finally:
+                        stalls.leave(previous)
+                if state is DONE:
+                    if not self._finish_response():
+                        return
+                    continue
+                if state is WAITING:
+                    self._park()
+                else:
+                    self._expect(State.RESPONDING)
+                break
+            if self.responder is not None and self.responder.working:
+                self._begin_ahead()
+        except Exception:
+            logger.exception("internal error serving %s", connection.peer)
+            connection.close()
+            return
+        self._regulate_reading()
+
+    def _park(self) -> None:
+        """The body said "not yet": let it wake us if it can, else ask it on every pass."""
+        self._expect(State.WAITING, None)  # first: a wake may come before park() even returns
+        parked, seconds = self.responder.park(self._wake)
+        if not parked:
+            self.server.waiting.add(self)
+        elif seconds is not None:
+            self._expect(State.WAITING, seconds)
+
+    def _wake(self) -> None:
+        """A parked body has more, or an app thread got further (called from any thread):
+        resume on the next pass."""
+        if not self.connection.closed:
+            self.server.nudge(self)
+
+    def wind_down(self) -> None:
+        """The server is draining. Every response from now on says Connection: close (unless
+        its head is out already) and ends the connection. An idle connection stays open until
+        the drain window ends, since a load balancer may be sending a request on it right now:
+        closing it would lose that request. An event stream ends now (its client reconnects,
+        to another process)."""
+        for responder in (self.responder, *(early for early, _ in self.ahead)):
+            if responder is not None and not responder.head_sent:
+                responder.keep_alive = False
+        if self.responder is None and self._idle():
+            self._expect(State.IDLE, self.server.drain_left())
+        elif self.state is State.WAITING and is_event_stream(self.responder):
+            self.responder.end_now()
+            self._finish_response()
+
+    def _unread(self) -> bool:
+        """Whether bytes from the client wait in the kernel, unread (a request on its way)."""
+        return _unread_bytes(self.connection.sock) > 0
+
+    def _idle(self) -> bool:
+        requestant = self.requestant
+        return (self.deferred is None and not requestant.requests and requestant.current is None
+                and not requestant.busy and self.error is None and not self.unparsed
+                and not self.ahead)
+
+    def resume(self) -> None:
+        """A later pass for a responder that said "not yet"."""
+        self.server.waiting.discard(self)
+        self.advance()
+
+    def _begin_next(self) -> bool:
+        """Start a responder for the oldest complete request, or answer an error; False: wait."""
+        requestant = self.requestant
+        if self.ahead:
+            responder, started = self.ahead.popleft()
+            self.responder = responder
+            if self.server.timed:
+                self.started = time.time()
+            if not started:
+                self._start(responder)
+            return self.responder is not None
+        if self.unparsed and not requestant.requests and self.error is None:
+            self._parse(self.unparsed)
+        if self.deferred is not None or requestant.requests:
+            request = self.deferred or requestant.requests.popleft()
+            if self.server.closing or request.upgrade is not None:
+                # After an upgrade request llhttp reads no further HTTP/1: unless the protocol
+                # switches, the connection closes after the answer.
+                request.keep_alive = False
+            responder = self._responder_for(request)
+            if self.protocol is not None:  # switched: the connection is no longer ours
+                return False
+            if responder is None and self.connection.closed:  # gone while being answered
+                return False
+            if responder is None:  # "not yet": ask again on the next pass
+                self.deferred = request
+                self.server.waiting.add(self)
+                self._expect(State.WAITING, None)
+                return False
+            self.deferred = None
+            self.responder = responder
+            if self.server.timed:
+                self.started = time.time()
+            self._start(responder)
+            # Starting may already lose the client (a sendfile to a reset peer), which closes
+            # the connection and releases the responder: then there is nothing to pump.
+            return self.responder is not None
+        if self.error is not None:
+            self._answer_error(self.error.status, self.error.message)
+            return False
+        current = requestant.current
+        server = self.server
+        if self.eof or (server.closing and self._idle() and not server.drain_left()):
+            # Nothing is left to answer, or the drain window is over: what is queued still goes.
+            self.connection.close_when_drained()
+        elif current is not None:
+            if not self._check_expectation(current):
+                return False
+            self._expect(State.BODY)
+        elif requestant.busy:
+            if self.state is not State.HEAD:
+                self._expect(State.HEAD)
+        else:
+            self._expect(State.IDLE, server.drain_left() if server.closing else _DEFAULT)
+        return False
+
+    def _begin_ahead(self) -> None:
+        """While an app thread works on a request with a safe method, begin the pipelined
+        requests after it that are safe too, on other threads (RFC 9112 §9.3.2): each collects
+        its response (up to high_water) until its turn comes to be sent, in order."""
+        pool = getattr(self.server, "pool", None)
+        requests = self.requestant.requests
+        if (pool is None or not requests or self.server.closing or self.error is not None
+                or self.responder.request.method not in SAFE_METHODS):
+            return
+        while (requests and len(self.ahead) < pool.size and requests[0].upgrade is None
+               and requests[0].method in SAFE_METHODS):
+            request = requests.popleft()
+            responder = self._responder_for(request)
+            if responder is None:  # "not yet" (not from a WSGI steward): keep it in line
+                requests.appendleft(request)
+                return
+            # Only a threaded responder may begin out of turn: it sends nothing until pumped.
+            started = isinstance(responder, ThreadedResponder)
+            if started:
+                responder.start()
+            self.ahead.append((responder, started))
+
+    def _start(self, responder: BaseResponder) -> None:
+        stalls = self.server.stalls
+        if stalls is None:
+            responder.start()
+            return
+        previous = stalls.enter(responder)
+        try:
+            responder.start()  # where an app on the loop runs
+        finally:
+            stalls.leave(previous)
+
+    def _responder_for(self, request) -> Optional[BaseResponder]:
+        try:
+            if request.upgrade is not None and request.upgrade.strip().lower() == "websocket":
+                responder = self.upgrade(request)
+            else:
+                responder = self.respond(request)
+        except Exception:
+            logger.exception("error in %s.respond for %s %s", type(self).__name__,
+                             request.method, request.target)
+            responder = CustomResponder(500, [("Content-Type", "text/plain")],
+                                        b"Internal Server Error\n")
+            request.keep_alive = False
+        if responder is not None:
+            if responder.connection is None:
+                responder.attach(self.connection, request, self.server.server_header)
+            responder.high_water = self.settings.high_water
+            if self.settings.compress or responder.compress is not None:
+                responder.use_compression(self.server.compression, self.settings.compress)
+        return responder
+
+    def _finish_response(self) -> bool:
+        """Close out the finished responder; False if the connection closes after it."""
+        responder, self.responder = self.responder, None
+        if responder is None:  # the connection closed under it (a reset while writing)
+            return False
+        server = self.server
+        server.waiting.discard(self)
+        responder.close()
+        server.served += 1
+        if server.access is not None:
+            server.access.log(self.connection.peer, responder, self.started)
+        if server.metrics is not None:
+            server.metrics.responded(responder, self.started)
+        if responder.broken:
+            self.connection.close()  # a truncated response must not look complete
+            return False
+        if not responder.keep_alive or server.closing:
+            self.connection.close_when_drained()
+            return False
+        return True
+
+    def _check_expectation(self, request) -> bool:
+        """Expect: 100-continue gets "100 Continue" once its turn comes; anything else 417."""
+        expect = request.header("expect")
+        if expect is None or request is self.continued:
+            return True
+        if not request.expect_continue:
+            self._answer_error(417, f"unsupported expectation {expect!r}")
+            return False
+        self.continued = request
+        self.connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _answer_error(self, status: int, message: str) -> None:
+        """Answer a request that cannot be served with `status`, then close (RFC 9112 §9.6)."""
+        self.error = None
+        self.refused = True
+        self.requestant.close()
+        request = self.requestant.current or _Unparsed()
+        responder = BaseResponder(self.connection, request, self.server.server_header)
+        responder.send_error(status, message)
+        self.connection.close_when_drained()
+        self._expect(State.RESPONDING)
+
+    def _regulate_reading(self) -> None:
+        """Backpressure on pipelining: stop reading while too many requests wait their turn."""
+        connection = self.connection
+        if connection.closed or self.eof or self.protocol is not None:
+            return
+        if self.unparsed or self.error or (
+                len(self.requestant.requests) >= self.settings.max_pipeline) or (
+                self.responder is not None and self.responder.queued):  # no thread free
+            if connection.reading:
+                connection.pause_reading()
+        elif not connection.reading:
+            connection.resume_reading()
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _expect(self, state: State, timeout: Any = _DEFAULT) -> None:
+        """Enter `state`, with the deadline its setting gives (DEADLINES) unless `timeout`
+        (seconds, or None for no deadline) says otherwise. Every state change comes here."""
+        self.state = state
+        if timeout is _DEFAULT:
+            setting = DEADLINES[state]
+            timeout = getattr(self.settings, setting) if setting is not None else None
+        if timeout is None:
+            self.deadline = None
+        else:
+            self.deadline = self.server.clock() + timeout
+            self.server.remind(self.deadline)
+
+    def expire(self, now: float) -> None:
+        """The deadline passed: idle connections just close; a slow request gets 408; a parked
+        body is asked again (it wanted to be, e.g. for a heartbeat)."""
+        if self.state is State.WAITING:
+            self.resume()
+            return
+        if self.state is State.IDLE and self._unread():
+            # A request arrived as the deadline passed: closing now would lose it unanswered.
+            self._expect(State.IDLE, self.server.sweep_interval)
+            return
+        logger.info("closing %s connection from %s: %s timeout", self.state.value,
+                    self.connection.peer, self.state.value)
+        if (self.state in (State.HEAD, State.BODY) and self.responder is None
+                and not self.connection.pending):
+            self._answer_error(408, "request timeout")
+            self._expect(State.CLOSING, min(1.0, self.settings.write_timeout))
+        else:
+            self.connection.close()
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD), 0 if it cannot say."""
+    try:
+        buffer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(buffer, sys.byteorder)
+
+
+def is_event_stream(responder: Optional[BaseResponder]) -> bool:
+    """A response that is an open-ended event stream, its head out and its body parked."""
+    if responder is None or not responder.head_sent or responder.working:
+        return False
+    for name, value in responder.headers:
+        if name.lower() == "content-type":
+            return value.lower().startswith("text/event-stream")
+    return False
+
+
+class _Unparsed:
+    """Stands in for a request whose head never parsed, when answering an error."""
+
+    method = "GET"
+    version = "1.1"
+    keep_alive = False
+    target = "*"
+
+
+class WSGISteward(Steward):
+    """A Steward that answers with the server's WSGI application."""
+
+    def __init__(self, server: "Server", sock: socket.socket, peer):
+        super().__init__(server, sock, peer)
+        self.environ_base: Optional[dict] = None  # made on the first request: after PROXY
+
+    def respond(self, request) -> BaseResponder:
+        if self.environ_base is None:
+            self.environ_base = self.server.connection_environ(self.peer)
+        environ = build_environ(self.environ_base, request, self.settings.root_path)
+        if not environ.keys().isdisjoint(FORWARDING_KEYS):
+            apply_forwarding(environ, self.server.trusted)
+        pool = self.server.pool
+        if pool is not None:
+            return ThreadedResponder(self.connection, request, self.server.app, environ,
+                                     pool=pool, wake=self._wake,
+                                     server_header=self.server.server_header)
+        return Responder(self.connection, request, self.server.app, environ,
+                         server_header=self.server.server_header)
