@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
 from .client_response import Response
 from .client_session import Exchange, Headers, Session, due, header_list
-
-if TYPE_CHECKING:
-    from .clienting import Client
 
 logger = logging.getLogger("hio_http.client")
 
@@ -30,7 +27,9 @@ class EventStream:
     Content-Type other than text/event-stream (then `error` tells why), or `close()`.
     """
 
-    def __init__(self, client: Client, path: str, last_event_id: Optional[str] = None,
+    # `client` is the clienting.Client that made the stream (it imports this module, not the
+    # other way round).
+    def __init__(self, client: Any, path: str, last_event_id: Optional[str] = None,
                  headers: Headers = None, retry: int = 3000, idle_timeout: Optional[float] = None,
                  max_reconnects: Optional[int] = None):
         self.client = client

@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from .client_bodies import BodyError, BodyWriter, RequestBody
 from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectTimeout, Data,
@@ -23,9 +23,6 @@ from .client_response import Response
 from .net import RECEIVE_SIZE, Connection
 from .polling import READ, WRITE, Poller
 from .responding import header_text  # one rule for header values, requests and responses
-
-if TYPE_CHECKING:
-    from .clienting import Client
 
 logger = logging.getLogger("hio_http.client")
 
@@ -137,7 +134,8 @@ class Session:
     `session_closed(session, unanswered, error)` and `connect_failed(session, error)`.
     """
 
-    def __init__(self, client: "Client", owner):
+    # `client` is the clienting.Client that owns the session (a layer above, so not imported).
+    def __init__(self, client: Any, owner):
         self.client = client
         self.owner = owner
         assert client.poller is not None  # sessions start once the client is open

@@ -32,7 +32,7 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from .net import Connection
 from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
@@ -41,8 +41,6 @@ from .responding import (DONE, WAITING, BaseResponder, CustomResponder, Responde
                          build_environ)
 from .threaded import ThreadedResponder
 
-if TYPE_CHECKING:
-    from .serving import BaseServer, Server
 
 logger = logging.getLogger("hio_http.server")
 
@@ -89,7 +87,8 @@ class Steward:
     Stewards directly, `Server` uses `WSGISteward`.
     """
 
-    def __init__(self, server: "BaseServer", sock: socket.socket, peer):
+    # `server` is the serving.BaseServer that accepted the connection (it imports this module).
+    def __init__(self, server: Any, sock: socket.socket, peer):
         self.server = server
         self.settings = server.settings
         self.requestant = Requestant(server.limits)
@@ -568,7 +567,7 @@ class _Unparsed:
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
 
-    def __init__(self, server: "Server", sock: socket.socket, peer):
+    def __init__(self, server: Any, sock: socket.socket, peer):
         super().__init__(server, sock, peer)
         self.environ_base: Optional[dict] = None  # made on the first request: after PROXY
 

@@ -33,7 +33,7 @@ import binascii
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -46,9 +46,7 @@ from wsproto.utilities import ProtocolError, RemoteProtocolError
 from .responding import BaseResponder, CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
-if TYPE_CHECKING:
-    from .requesting import Request
-    from .serving import BaseServer, Steward
+from .requesting import Request
 
 __all__ = ["WebSocketHandler", "WebSocketSession", "Room", "upgrade"]
 
@@ -70,18 +68,18 @@ class WebSocketHandler:
     """
 
     subprotocols: Sequence[str] = ()
-    request: Optional["Request"] = None  # the upgrade request: path, query, headers
+    request: Optional[Request] = None  # the upgrade request: path, query, headers
     subprotocol: Optional[str] = None
     _session: Optional["WebSocketSession"] = None
 
     # -- what subclasses override -----------------------------------------------------------------
 
-    def on_connect(self, request: "Request") -> bool:
+    def on_connect(self, request: Request) -> bool:
         """Before the handshake: return False to refuse it with 403 (check an Origin or a token
         here). The default accepts every client."""
         return True
 
-    def on_open(self, request: "Request") -> None:
+    def on_open(self, request: Request) -> None:
         """The handshake is done: the connection is open."""
 
     def on_message(self, message: Message) -> None:
@@ -152,7 +150,9 @@ class Room:
             return iter(list(self._members))
 
 
-def upgrade(steward: "Steward", request: "Request") -> Optional[BaseResponder]:
+# `steward` and `server` below are stewarding.Steward and serving.BaseServer: the layer above,
+# which hands the handshake to this module by name (serving.WEBSOCKET_UPGRADE).
+def upgrade(steward: Any, request: Request) -> Optional[BaseResponder]:
     """Answer a WebSocket upgrade request: switch `steward`'s connection to a session of the
     endpoint for the path and return None, or return the responder that refuses it."""
     server = steward.server
@@ -218,8 +218,8 @@ class WebSocketSession:
     `connection`); to the Connection it is the handler of its events.
     """
 
-    def __init__(self, server: "BaseServer", connection, protocol: FrameConnection,
-                 handler: WebSocketHandler, request: "Request", compressed: bool = False):
+    def __init__(self, server: Any, connection, protocol: FrameConnection,
+                 handler: WebSocketHandler, request: Request, compressed: bool = False):
         self.server = server
         self.settings = server.settings
         self.connection = connection

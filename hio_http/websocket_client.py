@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -39,8 +39,6 @@ from .client_session import Headers, Link, Session, header_list
 from .grammar import is_token
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
-if TYPE_CHECKING:
-    from .clienting import Client
 
 __all__ = ["WebSocketClient", "HandshakeError"]
 
@@ -92,7 +90,8 @@ class WebSocketClient:
     Everything runs on the loop's thread; like the rest of the client it is not thread-safe.
     """
 
-    def __init__(self, client: "Client", path: str, subprotocols: Sequence[str] = (),
+    # `client` is the clienting.Client that opened the WebSocket (it imports this module).
+    def __init__(self, client: Any, path: str, subprotocols: Sequence[str] = (),
                  headers: Headers = None, compression: bool = True,
                  max_message: int = 1024 * 1024,
                  on_message: Optional[Callable[[Message], None]] = None,

@@ -1,8 +1,8 @@
 """One way down the layers (../shared/DESIGN.md): no module imports one above it, and no
-imports form a cycle, imports inside functions included. Read from the source, so an import
-that only runs on some path counts too. Imports under `if TYPE_CHECKING:` never run and are
-left out; lazy names resolved by string (the WebSocket upgrade, `hio_http.StaticSink`) are the
-way a lower layer is handed a higher one."""
+imports form a cycle, imports inside functions and under `if TYPE_CHECKING:` included (a module
+that names a higher one's types depends on it all the same). Read from the source, so an import
+that only runs on some path counts too. Lazy names resolved by string (the WebSocket upgrade,
+`hio_http.StaticSink`) are the way a lower layer is handed a higher one."""
 
 import ast
 from pathlib import Path
@@ -43,15 +43,6 @@ class Imports(ast.NodeVisitor):
         parts = name.split(".") if name else []  # "": the package itself
         self.package = parts if is_package else parts[:-1]
         self.found: set = set()
-
-    def visit_If(self, node: ast.If) -> None:
-        test = node.test
-        if getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == (
-                "TYPE_CHECKING"):
-            for statement in node.orelse:
-                self.visit(statement)
-            return
-        self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
