@@ -47,7 +47,6 @@ class Relay:
 
     def __init__(self, connection):
         self.tls = connection.tls
-        self.peer = connection.peer
         self.lock = threading.Lock()
         self._room: Optional[threading.Condition] = None  # made once a write() waits
         self.chunks: list = []
