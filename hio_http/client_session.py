@@ -20,9 +20,9 @@ from .client_bodies import BodyError, BodyWriter, RequestBody
 from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectTimeout, Data,
                              End, Head, Interim, ResponseParser, _tokens)
 from .client_response import Response
+from .grammar import header_text  # one rule for header values, requests and responses
 from .net import RECEIVE_SIZE, Connection
 from .polling import READ, WRITE, Poller
-from .responding import header_text  # one rule for header values, requests and responses
 
 logger = logging.getLogger("hio_http.client")
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TOKEN", "is_token", "check_field"]
+__all__ = ["TOKEN", "BYTES_LIKE", "is_token", "check_field", "header_text"]
 
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 §5.6.2
+BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 def is_token(text: str) -> bool:
@@ -27,3 +28,17 @@ def check_field(name: str, value: str, kind: str = "header") -> None:
             value.encode("latin-1")
         except UnicodeEncodeError:
             raise ValueError(f"{kind} {name} is not latin-1 text") from None
+
+
+def header_text(name: str, value: object) -> str:
+    """A header value as text whose latin-1 encoding is what goes on the wire: str as it is,
+    bytes-like as those exact bytes, int in decimal. Anything else is a TypeError, never
+    str(value), which would send "bytearray(b'...')" or "None" without a word."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BYTES_LIKE):
+        return bytes(value).decode("latin-1")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"header {name} value must be str, bytes-like or int, not "
+                    f"{type(value).__name__}")

@@ -31,12 +31,12 @@ from .net import Acceptor
 from .polling import Poller, join_loop, leave_loop, poller_of
 from .pool import AppPool
 from .proxying import TrustedPeers
-from .responding import ErrorStream, FileWrapper
 from .settings import Settings
 from .stalls import StallWatch, stall_watch_of
 # Steward, WSGISteward and is_event_stream are the connection's side (stewarding.py); their
 # names are also given here, where users of the servers have always found them.
 from .stewarding import Steward, TrafficObserver, WSGISteward, is_event_stream
+from .wsgi import ErrorStream, FileWrapper
 
 logger = logging.getLogger("hio_http.server")
 

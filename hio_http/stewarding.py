@@ -37,9 +37,10 @@ from typing import Any, Optional, Protocol
 from .net import Connection
 from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
 from .requesting import RequestError, Requestant
-from .responding import (DONE, WAITING, BaseResponder, CustomResponder, Responder,
-                         build_environ)
+from .framing import DONE, WAITING, BaseResponder
+from .responding import CustomResponder, Responder
 from .threaded import ThreadedResponder
+from .wsgi import build_environ
 
 
 logger = logging.getLogger("hio_http.server")

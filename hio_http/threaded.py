@@ -30,7 +30,8 @@ from typing import Callable, Optional
 
 from .net import FileSpan
 from .pool import AppPool
-from .responding import BLOCKED, DONE, WAITING, Responder
+from .framing import BLOCKED, DONE, WAITING
+from .responding import Responder
 
 logger = logging.getLogger("hio_http.server")
 

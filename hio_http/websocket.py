@@ -43,7 +43,8 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
-from .responding import BaseResponder, CustomResponder
+from .framing import BaseResponder
+from .responding import CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
 from .requesting import Request

@@ -195,8 +195,8 @@ def test_other_hop_by_hop_headers_from_app_are_dropped_with_one_warning(serve, c
                                                                        monkeypatch, name, value):
     """The server frames the body and keeps the connection: the app's field is dropped, the
     response is served as usual on a connection that stays open, and the drop is logged once."""
-    from hio_http import responding
-    monkeypatch.setattr(responding, "_warned_hop_by_hop", set())  # as in a fresh process
+    from hio_http import framing
+    monkeypatch.setattr(framing, "_warned_hop_by_hop", set())  # as in a fresh process
 
     def app(environ, start_response):
         start_response("200 OK", [(name, value), ("Content-Length", "2")])

@@ -19,8 +19,8 @@ from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 
 from ...client_parsing import EventParser
 from ...clienting import Client as NativeClient
-from ...responding import header_text
 from ...doing import Doer
+from ...grammar import header_text
 from ...polling import Poller, join_loop, leave_loop
 from .adapting import Hict, client_context, warn_ignored
 

@@ -1,0 +1,124 @@
+"""What PEP 3333 has the server hand an app besides `start_response` (that is the Responder's,
+in responding): the environ of a request (`build_environ`), `wsgi.errors` (`ErrorStream`) and
+`wsgi.file_wrapper` (`FileWrapper`, with `regular_file_span` to send a regular file by sendfile).
+Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+from typing import Optional
+from urllib.parse import unquote_to_bytes
+
+wsgi_logger = logging.getLogger("hio_http.wsgi")
+
+
+class ErrorStream:
+    """wsgi.errors: what the app writes goes to the `hio_http.wsgi` logger, line by line."""
+
+    def __init__(self):
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            wsgi_logger.error(line)
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            wsgi_logger.error(self._partial)
+            self._partial = ""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file in blocks and closes it with the response."""
+
+    def __init__(self, filelike, block_size: int = 64 * 1024):
+        self.filelike = filelike
+        self.block_size = block_size
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            block = read(self.block_size)
+            if not block:
+                return
+            yield block
+
+
+def regular_file_span(filelike) -> tuple:
+    """(descriptor, current offset, bytes left) of a regular file, or (None, 0, 0)."""
+    try:
+        fd = filelike.fileno()
+        info = os.fstat(fd)
+        offset = filelike.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None, 0, 0
+    if not stat.S_ISREG(info.st_mode):
+        return None, 0, 0
+    return fd, offset, max(0, info.st_size - offset)
+
+
+_environ_keys: dict = {}
+
+
+def environ_key(name: str) -> Optional[str]:
+    """HTTP_* key of a request header; None for names with '_' (they could spoof '-' names)."""
+    key = _environ_keys.get(name)
+    if key is None:
+        if "_" in name:
+            return None
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if len(_environ_keys) < 4096:
+            _environ_keys[name] = key
+    return key
+
+
+def build_environ(base: dict, request, root_path: str = "") -> dict:
+    """The WSGI environ of `request` on top of the per-connection `base` (PEP 3333)."""
+    environ = base.copy()
+    path = request.path
+    if "%" in path:
+        path = unquote_to_bytes(path).decode("latin-1")
+    if root_path and (path == root_path or path.startswith(root_path + "/")):
+        environ["SCRIPT_NAME"] = root_path
+        path = path[len(root_path):]
+    environ["REQUEST_METHOD"] = request.method
+    environ["PATH_INFO"] = path
+    environ["QUERY_STRING"] = request.query
+    environ["RAW_URI"] = environ["REQUEST_URI"] = request.target
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    environ["wsgi.input"] = request.body
+    # PEP 3333 has no place for trailer fields; the body is complete before the app runs, so
+    # they are all here: [(name, value), ...], empty unless a chunked body carried some.
+    environ["hio_http.trailers"] = request.trailers
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower == "content-type":
+            environ["CONTENT_TYPE"] = value
+            continue
+        if lower == "content-length":
+            continue
+        key = environ_key(name)
+        if key is None:
+            continue
+        if key in environ:
+            separator = "; " if key == "HTTP_COOKIE" else ", "
+            environ[key] = environ[key] + separator + value
+        else:
+            environ[key] = value
+    if request.content_length is not None or request.chunked:
+        environ["CONTENT_LENGTH"] = str(request.body_size)
+    return environ
