@@ -88,41 +88,62 @@ class Outlet(Protocol):
     def sendfile(self, fd: int, offset: int, count: int) -> None: ...
 
 
-class BaseResponder:
-    """Frames and sends one response on a Connection; subclasses supply status, headers, body."""
+class RequestHead(Protocol):
+    """What a responder needs of the request it answers: a requesting.Request, or what stands in
+    for one whose head never parsed."""
 
-    high_water = 64 * 1024
+    method: str
+    target: str
+    version: str
+    keep_alive: bool  # whether the client lets the connection carry another request
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of field `name` (case-insensitive), or None."""
+
+
+class ResponseSettings:
+    """What every response of one server shares, made once with the server: its Server line, how
+    much may wait unsent before a body is pulled no further, and gzip as the server is set."""
+
+    __slots__ = ("server_header", "high_water", "compression", "compression_asked")
+
+    def __init__(self, server_header: bytes = DEFAULT_SERVER, high_water: int = 64 * 1024,
+                 compression: Compression = Compression(), compress: bool = False):
+        self.server_header = server_header  # the whole line; b"": none is sent
+        self.high_water = high_water
+        # The policy for a response that does not choose (None: identity), and for one that
+        # asks for gzip itself (a bare answer's compress=True), which covers event streams too.
+        self.compression = compression if compress else None
+        self.compression_asked = dataclasses.replace(compression, event_streams=True)
+
+
+class BaseResponder:
+    """Frames and sends one response to `request` on `connection`; subclasses supply status,
+    headers and body. Alone it sends only `send_error`'s answers."""
+
     # Defaults every response starts from, kept on the class: a response sets only what differs.
     status: Optional[str] = None
     head_sent = False
-    keep_alive = False
     broken = False  # the response could not be completed after its head went out
     length: Optional[int] = None  # declared Content-Length
     sent = 0  # body bytes sent
     chunked = False
-    bodiless = False
     closed = False
-    compress: Optional[bool] = None  # None: as the server is set; True / False: always
     compression: Optional[Compression] = None  # the policy in force; None: identity
     encoder: Optional[GzipStream] = None  # set once the body is being gzipped
     raw_length: Optional[int] = None  # the app's Content-Length, before gzip
     raw_sent = 0  # body bytes taken from the app, before gzip
 
-    def __init__(self, connection=None, request=None, server_header: bytes = DEFAULT_SERVER):
-        self.connection: Optional[Outlet] = None  # a net.Connection, or an app thread's Relay
-        self.request = None
-        self.server_header = server_header
-        self.headers: list = []
-        if connection is not None:
-            self.attach(connection, request, server_header)
-
-    def attach(self, connection, request, server_header: bytes = DEFAULT_SERVER) -> None:
-        """Bind to the connection and the request this responder answers."""
-        self.connection = connection
+    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings):
+        self.connection = connection  # a net.Connection, or an app thread's Relay
         self.request = request
-        self.server_header = server_header
-        self.keep_alive = bool(request.keep_alive)
+        self.server_header = settings.server_header
+        self.high_water = settings.high_water
+        self.headers: list = []
+        self.keep_alive = request.keep_alive
         self.bodiless = request.method == "HEAD"
+        if settings.compression is not None:
+            self.compression = settings.compression
 
     @property
     def working(self) -> bool:
@@ -136,18 +157,7 @@ class BaseResponder:
 
     def describe(self) -> str:
         """The request answered, as a log line names it."""
-        request = self.request
-        return f"{request.method} {request.target}" if request is not None else "a response"
-
-    def use_compression(self, policy: Compression, server_compresses: bool) -> None:
-        """Take the server's policy, unless this responder chose for itself (`compress`).
-        A responder that asks for compression also gets it for text/event-stream."""
-        if self.compress is None:
-            self.compression = policy if server_compresses else None
-        elif self.compress:
-            self.compression = dataclasses.replace(policy, event_streams=True)
-        else:
-            self.compression = None
+        return f"{self.request.method} {self.request.target}"
 
     def compresses(self, size: Optional[int]) -> bool:
         """Whether the body (of `size` bytes, if known) would go out gzipped."""
@@ -157,8 +167,7 @@ class BaseResponder:
                              self._accept_encoding(), size)[1]
 
     def _accept_encoding(self) -> Optional[str]:
-        header = getattr(self.request, "header", None)
-        return header("accept-encoding") if header is not None else None
+        return self.request.header("accept-encoding")
 
     def _negotiate(self, code: int, body: bytes, last: bool) -> bytes:
         """Choose the content coding as the head goes out; returns the body to frame."""

@@ -12,12 +12,12 @@ import logging
 import sys
 from typing import Iterable, Iterator, Optional
 
-from .framing import (BLOCKED, DEFAULT_SERVER, DONE, WAITING, BaseResponder, body_bytes,
+from .framing import (BLOCKED, DONE, WAITING, BaseResponder, ResponseSettings, body_bytes,
                       check_headers, check_status, drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
 from .wsgi import FileWrapper, regular_file_span
 
-__all__ = ["Responder", "CustomResponder"]
+__all__ = ["Responder", "CustomResponder", "BareResponder"]
 
 logger = logging.getLogger("hio_http.server")
 
@@ -25,8 +25,8 @@ logger = logging.getLogger("hio_http.server")
 class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
-    def __init__(self, connection, request, app, environ: dict, **kwa):
-        super().__init__(connection, request, **kwa)
+    def __init__(self, connection, request, settings: ResponseSettings, app, environ: dict):
+        super().__init__(connection, request, settings)
         self.app = app
         self.environ = environ
         self.result: Optional[Iterable] = None
@@ -180,18 +180,20 @@ class Responder(BaseResponder):
                 logger.exception("error closing the WSGI app's iterable")
 
 
-class CustomResponder(BaseResponder):
-    """A bare response for a Steward to return: `status` (code or "200 OK"), `headers` (list of
+class CustomResponder:
+    """A bare answer for a Steward to return: `status` (code or "200 OK"), `headers` (list of
     pairs or a dict; values str, bytes-like or int), and either `body` (bytes-like, or an
     iterable of bytes-like items where b"" means "not yet", for streaming) or `data` (sent as
     JSON). `Connection: close` ends the connection after this response. `compress=True` gzips
     it whenever the client accepts gzip and the type is text-like (event streams included),
-    `False` never; by default the server's `compress` setting decides. The Steward attaches it
-    to its connection."""
+    `False` never; by default the server's `compress` setting decides.
+
+    It is checked when made and holds no connection: the Steward writes it with a
+    `BareResponder` made for the request it answers. An answer with a bytes body may be
+    returned for any number of requests; an iterator body is used up by the first."""
 
     def __init__(self, status=200, headers=None, body=b"", data=None,
-                 compress: Optional[bool] = None, **kwa):
-        super().__init__(**kwa)
+                 compress: Optional[bool] = None):
         self.compress = compress
         code = int(str(status)[:3])
         self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
@@ -206,25 +208,35 @@ class CustomResponder(BaseResponder):
         self.headers, self.close_asked = drop_hop_by_hop(self.headers)
         self.whole = isinstance(body, BYTES_LIKE)
         if self.whole:
-            self.iterator = iter([bytes(body)])
+            body = bytes(body)
         elif isinstance(body, str) or not hasattr(body, "__iter__"):
             raise TypeError(f"CustomResponder body must be bytes-like or an iterable of "
                             f"bytes-like items, not {type(body).__name__}")
-        else:
-            self.iterator = iter(body)
         self.body = body
 
-    def attach(self, connection, request, server_header: bytes = DEFAULT_SERVER) -> None:
-        super().attach(connection, request, server_header)
-        if self.close_asked:
+
+class BareResponder(BaseResponder):
+    """Writes a `CustomResponder`'s answer to one request on its connection."""
+
+    def __init__(self, connection, request, settings: ResponseSettings,
+                 answer: CustomResponder):
+        super().__init__(connection, request, settings)
+        self.status = answer.status
+        self.headers = answer.headers
+        self.whole = answer.whole
+        self.body = answer.body
+        self.iterator = iter((answer.body,)) if answer.whole else iter(answer.body)
+        if answer.close_asked:
             self.keep_alive = False
+        if answer.compress is not None:
+            self.compression = settings.compression_asked if answer.compress else None
 
     def start(self) -> None:
         pass
 
     def pump(self) -> str:
         if self.bodiless and not self.head_sent:  # HEAD: the head alone, without the body
-            self.send_head(bytes(self.body) if self.whole else b"", last=self.whole)
+            self.send_head(self.body if self.whole else b"", last=self.whole)
             self.finish()
             return DONE
         try:

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 from .accesslog import AccessLog
 from .doing import Doer
+from .framing import ResponseSettings
 from .net import Acceptor
 from .polling import Poller, join_loop, leave_loop, poller_of
 from .pool import AppPool
@@ -69,9 +70,11 @@ class BaseServer:
         self.websocket_upgrade: Optional[Callable] = (resolve(WEBSOCKET_UPGRADE)
                                                       if self.websockets else None)
         self.limits = self.settings.limits()
-        self.compression = self.settings.compression()  # applied when `compress` is on
-        self.server_header = (f"Server: {self.settings.server_header}\r\n".encode("latin-1")
-                              if self.settings.server_header else b"")
+        product = self.settings.server_header
+        self.response_settings = ResponseSettings(  # what every response shares (see framing)
+            server_header=f"Server: {product}\r\n".encode("latin-1") if product else b"",
+            high_water=self.settings.high_water, compression=self.settings.compression(),
+            compress=self.settings.compress)
         if steward is not None:
             self.steward_class = steward
         self.poller = poller

@@ -32,13 +32,13 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
+from .framing import DONE, WAITING, BaseResponder
 from .net import Connection
 from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
 from .requesting import RequestError, Requestant
-from .framing import DONE, WAITING, BaseResponder
-from .responding import CustomResponder, Responder
+from .responding import BareResponder, CustomResponder, Responder
 from .threaded import ThreadedResponder
 from .wsgi import build_environ
 
@@ -47,6 +47,14 @@ logger = logging.getLogger("hio_http.server")
 
 __all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "TrafficObserver",
            "is_event_stream"]
+
+# What `respond()` and `upgrade()` may return: a responder made for the request on this
+# connection, or an answer the Steward writes with a BareResponder.
+Answer = Union[BaseResponder, CustomResponder]
+NOT_FOUND = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
+SERVER_ERROR = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
+NO_WEBSOCKETS = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
+                                b"no WebSocket endpoint at this path\n")
 
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
@@ -118,24 +126,23 @@ class Steward:
 
     # -- what subclasses provide --------------------------------------------------------------
 
-    def respond(self, request) -> Optional[BaseResponder]:
-        """Return the responder that answers `request`, typically a `CustomResponder`, or None
-        for "not yet": it is asked again on each later pass, so an answer can wait for another
-        doer. Runs once per request otherwise. The default calls the server's `handler`, or
-        answers 404 when there is none."""
+    def respond(self, request) -> Optional[Answer]:
+        """Return the answer to `request`, typically a `CustomResponder` (or a responder made
+        for it on `self.connection`), or None for "not yet": it is asked again on each later
+        pass, so an answer can wait for another doer. Runs once per request otherwise. The
+        default calls the server's `handler`, or answers 404 when there is none."""
         handler = getattr(self.server, "handler", None)
         if handler is not None:
             return handler(request)
-        return CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
+        return NOT_FOUND
 
-    def upgrade(self, request) -> Optional[BaseResponder]:
+    def upgrade(self, request) -> Optional[Answer]:
         """Answer a WebSocket handshake (`Upgrade: websocket`): switch to the server's endpoint
         for its path and return None, or return the responder that refuses it (404 when the
         path has no endpoint, 400 or 426 for a bad handshake)."""
         upgrade = self.server.websocket_upgrade
         if upgrade is None:  # the server has no WebSocket endpoints at all
-            return CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
-                                   b"no WebSocket endpoint at this path\n")
+            return NO_WEBSOCKETS
         return upgrade(self, request)
 
     def switch(self, protocol) -> None:
@@ -426,24 +433,25 @@ class Steward:
             stalls.leave(previous)
 
     def _responder_for(self, request) -> Optional[BaseResponder]:
+        """The responder for `request` (None: "not yet"); an answer is made into one here."""
         try:
             if request.upgrade is not None and request.upgrade.strip().lower() == "websocket":
-                responder = self.upgrade(request)
+                answer = self.upgrade(request)
             else:
-                responder = self.respond(request)
+                answer = self.respond(request)
+            if isinstance(answer, BaseResponder) or answer is None:
+                return answer
+            if isinstance(answer, CustomResponder):
+                return BareResponder(self.connection, request, self.server.response_settings,
+                                     answer)
+            raise TypeError(f"an answer must be a CustomResponder, a responder or None, not "
+                            f"{type(answer).__name__}")
         except Exception:
             logger.exception("error in %s.respond for %s %s", type(self).__name__,
                              request.method, request.target)
-            responder = CustomResponder(500, [("Content-Type", "text/plain")],
-                                        b"Internal Server Error\n")
             request.keep_alive = False
-        if responder is not None:
-            if responder.connection is None:
-                responder.attach(self.connection, request, self.server.server_header)
-            responder.high_water = self.settings.high_water
-            if self.settings.compress or responder.compress is not None:
-                responder.use_compression(self.server.compression, self.settings.compress)
-        return responder
+            return BareResponder(self.connection, request, self.server.response_settings,
+                                 SERVER_ERROR)
 
     def _finish_response(self) -> bool:
         """Close out the finished responder; False if the connection closes after it."""
@@ -484,7 +492,7 @@ class Steward:
         self.refused = True
         self.requestant.close()
         request = self.requestant.current or _Unparsed()
-        responder = BaseResponder(self.connection, request, self.server.server_header)
+        responder = BaseResponder(self.connection, request, self.server.response_settings)
         responder.send_error(status, message)
         self.connection.close_when_drained()
         self._expect(State.RESPONDING)
@@ -564,6 +572,9 @@ class _Unparsed:
     keep_alive = False
     target = "*"
 
+    def header(self, name: str) -> Optional[str]:
+        return None
+
 
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
@@ -580,8 +591,7 @@ class WSGISteward(Steward):
             apply_forwarding(environ, self.server.trusted)
         pool = self.server.pool
         if pool is not None:
-            return ThreadedResponder(self.connection, request, self.server.app, environ,
-                                     pool=pool, wake=self._wake,
-                                     server_header=self.server.server_header)
-        return Responder(self.connection, request, self.server.app, environ,
-                         server_header=self.server.server_header)
+            return ThreadedResponder(self.connection, request, self.server.response_settings,
+                                     self.server.app, environ, pool=pool, wake=self._wake)
+        return Responder(self.connection, request, self.server.response_settings,
+                         self.server.app, environ)

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 from .net import FileSpan
 from .pool import AppPool
-from .framing import BLOCKED, DONE, WAITING
+from .framing import BLOCKED, DONE, WAITING, ResponseSettings
 from .responding import Responder
 
 logger = logging.getLogger("hio_http.server")
@@ -119,12 +119,12 @@ class ThreadedResponder(Responder):
     """A WSGI Responder whose app calls run on `pool`; `wake()` (from any thread) asks the loop
     to pump it again. The Steward drives it as any responder."""
 
-    def __init__(self, connection, request, app, environ: dict, pool: AppPool,
-                 wake: Callable[[], None], **kwa):
-        super().__init__(connection, request, app, environ, **kwa)
+    def __init__(self, connection, request, settings: ResponseSettings, app, environ: dict,
+                 pool: AppPool, wake: Callable[[], None]):
+        relay = Relay(connection)
+        super().__init__(relay, request, settings, app, environ)  # the framing writes to the relay
         self.socket_connection = connection
-        self.relay = Relay(connection)
-        self.connection = self.relay  # what the inherited framing writes to
+        self.relay = relay
         self.pool = pool
         self.wake = wake
         self.running = False  # a job of this response is queued or running

@@ -43,7 +43,6 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
-from .framing import BaseResponder
 from .responding import CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
@@ -153,9 +152,9 @@ class Room:
 
 # `steward` and `server` below are stewarding.Steward and serving.BaseServer: the layer above,
 # which hands the handshake to this module by name (serving.WEBSOCKET_UPGRADE).
-def upgrade(steward: Any, request: Request) -> Optional[BaseResponder]:
+def upgrade(steward: Any, request: Request) -> Optional[CustomResponder]:
     """Answer a WebSocket upgrade request: switch `steward`'s connection to a session of the
-    endpoint for the path and return None, or return the responder that refuses it."""
+    endpoint for the path and return None, or return the answer that refuses it."""
     server = steward.server
     factory = server.websockets.get(request.path)
     if factory is None:

@@ -241,3 +241,36 @@ def test_bare_header_or_body_of_another_type_is_a_500_with_a_clear_log(caplog, h
             assert requests.get(server.url + "/bad", timeout=5).status_code == 500
         assert requests.get(server.url + "/good", timeout=5).text == "fine"
     assert complaint in caplog.text
+
+
+def test_one_answer_made_once_serves_many_requests():
+    """A CustomResponder holds no connection: one made at import time answers every request,
+    plain or gzipped, GET or HEAD, on one keep-alive connection and on others."""
+    answer = CustomResponder(200, [("Content-Type", "text/plain")], b"same " * 400,
+                             compress=True)
+
+    with serve_in_thread(cls=BareServer, handler=lambda request: answer) as server:
+        session = requests.Session()
+        for _ in range(3):
+            plain = session.get(server.url, headers={"Accept-Encoding": "identity"}, timeout=5)
+            assert (plain.content, plain.headers.get("Content-Encoding")) == (b"same " * 400,
+                                                                              None)
+            zipped = session.get(server.url, headers={"Accept-Encoding": "gzip"}, timeout=5)
+            assert zipped.headers["Content-Encoding"] == "gzip"
+            assert zipped.content == b"same " * 400  # requests inflates it
+            head = session.head(server.url, headers={"Accept-Encoding": "identity"}, timeout=5)
+            assert head.headers["Content-Length"] == "2000" and head.content == b""
+        sock = raw_connect(server)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(sock).endswith(b"\r\n\r\n" + b"same " * 400)
+
+
+def test_an_answer_that_is_no_responder_is_a_500_saying_so(caplog):
+    def handler(request):
+        return {"not": "an answer"} if request.path == "/bad" else CustomResponder(body=b"ok")
+
+    with serve_in_thread(cls=BareServer, handler=handler) as server:
+        with caplog.at_level(logging.ERROR, logger="hio_http"):
+            assert requests.get(server.url + "/bad", timeout=5).status_code == 500
+        assert requests.get(server.url + "/good", timeout=5).text == "ok"
+    assert "an answer must be a CustomResponder, a responder or None, not dict" in caplog.text
