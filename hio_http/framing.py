@@ -25,12 +25,18 @@ import logging
 import re
 import time
 from email.utils import formatdate
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
 from .grammar import BYTES_LIKE, check_field
 
+__all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
+           "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
+           "reason_of", "check_status", "check_headers", "drop_hop_by_hop", "body_bytes"]
+
 logger = logging.getLogger("hio_http.server")
+
+Header = tuple[str, str]  # a response field: (name, value), both text
 
 DONE, WAITING, BLOCKED = "done", "waiting", "blocked"
 
@@ -40,7 +46,7 @@ DEFAULT_SERVER = b"Server: hio_http\r\n"
 # app's `Connection: close` is honoured (the server writes it, once); the rest are dropped.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade"})
-_warned_hop_by_hop: set = set()  # names already warned of: one WARNING per name per process
+_warned_hop_by_hop: set[str] = set()  # names already warned of: one WARNING per name per process
 STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
 
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
@@ -55,22 +61,22 @@ _FIELD_KINDS = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
 # Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, its
 # kind above): an app sends the same few fields again and again, so each is checked and
 # encoded once. Bounded, and only short values (no session cookies piling up).
-_clean_headers: dict = {}
+_clean_headers: dict[Header, tuple[bytes, int]] = {}
 MAX_CLEAN_HEADERS = 4096
 MAX_CLEAN_VALUE = 256
-_clean_statuses: set = set()  # status lines found valid
-_status_lines: dict = {}  # status -> (its code, its line on the wire)
+_clean_statuses: set[str] = set()  # status lines found valid
+_status_lines: dict[str, tuple[int, bytes]] = {}  # status -> (its code, its line on the wire)
 
-_date_cache = [0, b""]
+_date_line = (0, b"")  # (the second it was made for, the Date line)
 
 
 def http_date() -> bytes:
     """The Date header line, reformatted at most once a second."""
+    global _date_line
     now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[0] = now
-        _date_cache[1] = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-    return _date_cache[1]
+    if now != _date_line[0]:
+        _date_line = (now, b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n")
+    return _date_line[1]
 
 
 class Outlet(Protocol):
@@ -122,7 +128,7 @@ class BaseResponder:
     headers and body. Alone it sends only `send_error`'s answers."""
 
     # Defaults every response starts from, kept on the class: a response sets only what differs.
-    status: Optional[str] = None
+    status = ""  # "200 OK" and the like; "" until known (a WSGI app's start_response)
     head_sent = False
     broken = False  # the response could not be completed after its head went out
     length: Optional[int] = None  # declared Content-Length
@@ -133,13 +139,14 @@ class BaseResponder:
     encoder: Optional[GzipStream] = None  # set once the body is being gzipped
     raw_length: Optional[int] = None  # the app's Content-Length, before gzip
     raw_sent = 0  # body bytes taken from the app, before gzip
+    iterator: Optional[Iterator[object]] = None  # the body's items, as they are pulled
 
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings):
         self.connection = connection  # a net.Connection, or an app thread's Relay
         self.request = request
         self.server_header = settings.server_header
         self.high_water = settings.high_water
-        self.headers: list = []
+        self.headers: list[Header] = []
         self.keep_alive = request.keep_alive
         self.bodiless = request.method == "HEAD"
         if settings.compression is not None:
@@ -161,7 +168,7 @@ class BaseResponder:
 
     def compresses(self, size: Optional[int]) -> bool:
         """Whether the body (of `size` bytes, if known) would go out gzipped."""
-        if self.compression is None or self.status is None:
+        if self.compression is None or not self.status:
             return False
         return choose_coding(self.compression, int(self.status[:3]), self.headers,
                              self._accept_encoding(), size)[1]
@@ -169,20 +176,20 @@ class BaseResponder:
     def _accept_encoding(self) -> Optional[str]:
         return self.request.header("accept-encoding")
 
-    def _negotiate(self, code: int, body: bytes, last: bool) -> bytes:
+    def _negotiate(self, policy: Compression, code: int, body: bytes, last: bool) -> bytes:
         """Choose the content coding as the head goes out; returns the body to frame."""
         declared = header_value(self.headers, "content-length")
         size = len(body) if last else (int(declared) if declared else None)
-        varies, compress = choose_coding(self.compression, code, self.headers,
-                                         self._accept_encoding(), size)
+        varies, compress = choose_coding(policy, code, self.headers, self._accept_encoding(),
+                                         size)
         if not varies:
             return body
         self.headers = compressed_headers(self.headers, varies, compress)
         if not compress:
             return body
         if last:  # the whole body at once: one gzip member, framed by its Content-Length
-            return GzipStream.whole(body, self.compression.level)
-        self.encoder = GzipStream(self.compression.level)
+            return GzipStream.whole(body, policy.level)
+        self.encoder = GzipStream(policy.level)
         self.raw_length = size
         return body
 
@@ -198,8 +205,9 @@ class BaseResponder:
         code = status[0]
         if code < 200 or code in (204, 304):
             self.bodiless = True
-        if self.compression is not None:
-            body = self._negotiate(code, body, last)
+        compression = self.compression
+        if compression is not None:
+            body = self._negotiate(compression, code, body, last)
         has_date = has_server = False
         lines = [status[1]]
         for header in self.headers:
@@ -254,11 +262,12 @@ class BaseResponder:
             self.connection.send(self._frame(data))
 
     def _frame(self, data: bytes) -> bytes:
-        if self.encoder is not None:
-            data = self._encode(data)
+        encoder = self.encoder
+        if encoder is not None:
+            data = self._encode(encoder, data)
         return self._wire(data)
 
-    def _encode(self, data: bytes) -> bytes:
+    def _encode(self, encoder: GzipStream, data: bytes) -> bytes:
         """Gzip one item, flushed; the app's own Content-Length still bounds what it sends."""
         if self.raw_length is not None:
             room = self.raw_length - self.raw_sent
@@ -267,7 +276,7 @@ class BaseResponder:
                              self.raw_length)
                 data = data[:room]
         self.raw_sent += len(data)
-        return self.encoder.compress(data) if data else b""
+        return encoder.compress(data) if data else b""
 
     def _wire(self, data: bytes) -> bytes:
         """Frame body bytes as the head announced: as they are, or as one chunk."""
@@ -342,13 +351,15 @@ class BaseResponder:
         on every pass? A body iterator with `park(wake)` (an SSE Subscription has one) calls
         `wake()` once it has more, from any thread, and returns the seconds after which it
         wants to be asked anyway (None: only when woken). Returns (parked, those seconds)."""
-        park = getattr(getattr(self, "iterator", None), "park", None)
+        park: Optional[Callable[[Callable[[], None]], Optional[float]]]
+        park = getattr(self.iterator, "park", None)
         if park is None:
             return False, None
         return True, park(wake)
 
 
 def reason_of(code: int) -> str:
+    """The reason phrase of a status code ("Unknown" for codes without one)."""
     from http import HTTPStatus
     try:
         return HTTPStatus(code).phrase
@@ -356,7 +367,8 @@ def reason_of(code: int) -> str:
         return "Unknown"
 
 
-def check_status(status) -> None:
+def check_status(status: object) -> None:
+    """Refuse a status that is not text like "200 OK" (from an app, so anything may be given)."""
     if type(status) is str and status in _clean_statuses:
         return
     if not isinstance(status, str) or not STATUS.match(status):
@@ -365,9 +377,10 @@ def check_status(status) -> None:
         _clean_statuses.add(status)
 
 
-def check_headers(headers) -> bool:
-    """Refuse header lists that would corrupt or split the response. True when every field was
-    seen before, valid and not hop-by-hop (see `_clean_headers`): nothing is left to drop."""
+def check_headers(headers: object) -> bool:
+    """Refuse header lists that would corrupt or split the response (they come from an app,
+    so anything may be given). True when every field was seen before, valid and not
+    hop-by-hop (see `_clean_headers`): nothing is left to drop."""
     if not isinstance(headers, list):
         raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
     known = True
@@ -391,7 +404,7 @@ def check_headers(headers) -> bool:
     return known
 
 
-def _remember_clean(item: tuple) -> None:
+def _remember_clean(item: Header) -> None:
     """Keep a checked field for next time, with its wire form: most responses repeat them."""
     name, value = item
     if type(item) is not tuple or type(name) is not str or type(value) is not str:
@@ -403,14 +416,15 @@ def _remember_clean(item: tuple) -> None:
         _clean_headers[item] = (line, _FIELD_KINDS.get(lower, 0))
 
 
-def drop_hop_by_hop(headers: list) -> tuple[list, bool]:
+def drop_hop_by_hop(headers: list[Header]) -> tuple[list[Header], bool]:
     """The headers without hop-by-hop fields (PEP 3333, RFC 9110 §7.6.1), and whether they asked
     for `Connection: close`. That one is honoured: the response ends the connection and the
     server sends the header itself, once. The others are the server's to set (it frames the
     body and keeps the connection) and are dropped, with one WARNING per name per process."""
     if not any(name.lower() in HOP_BY_HOP for name, _ in headers):
         return headers, False
-    kept, close = [], False
+    kept: list[Header] = []
+    close = False
     for name, value in headers:
         lower = name.lower()
         if lower not in HOP_BY_HOP:
@@ -425,7 +439,8 @@ def drop_hop_by_hop(headers: list) -> tuple[list, bool]:
                            "body and manages the connection (warned once per name)", name)
     return kept, close
 
-def body_bytes(item, what: str) -> bytes:
+
+def body_bytes(item: object, what: str) -> bytes:
     """A body item as bytes: bytes-like objects are accepted, anything else (str included:
     its encoding is the app's choice) is a TypeError saying what was given."""
     if isinstance(item, BYTES_LIKE):

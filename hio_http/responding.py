@@ -1,6 +1,7 @@
-"""Writers of responses: `Responder` runs a WSGI app (PEP 3333), `CustomResponder` sends a bare
-status, headers and body. Both frame their body with `framing.BaseResponder`, which pulls it only
-while the connection's send buffer is under its high-water mark.
+"""Writers of responses: `Responder` runs a WSGI app (PEP 3333); a `CustomResponder` is a bare
+status, headers and body, which a `BareResponder` writes. A writer is made with its connection,
+its request and the server's `ResponseSettings`, frames its body with `framing.BaseResponder`
+and pulls it only while the connection's send buffer is under its high-water mark.
 
 A responder never blocks and never reads the socket; an app's item of b"" means "not yet".
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Iterable, Iterator, Optional
+from collections.abc import Mapping
+from typing import Callable, Iterable, Iterator, Optional, Union
 
-from .framing import (BLOCKED, DONE, WAITING, BaseResponder, ResponseSettings, body_bytes,
-                      check_headers, check_status, drop_hop_by_hop, reason_of)
+from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
+                      ResponseSettings, body_bytes, check_headers, check_status, drop_hop_by_hop,
+                      reason_of)
 from .grammar import BYTES_LIKE, header_text
-from .wsgi import FileWrapper, regular_file_span
+from .wsgi import App, Environ, ExcInfo, FileWrapper, regular_file_span
 
 __all__ = ["Responder", "CustomResponder", "BareResponder"]
 
@@ -25,22 +28,23 @@ logger = logging.getLogger("hio_http.server")
 class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
-    def __init__(self, connection, request, settings: ResponseSettings, app, environ: dict):
+    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
+                 app: App, environ: Environ):
         super().__init__(connection, request, settings)
         self.app = app
         self.environ = environ
-        self.result: Optional[Iterable] = None
-        self.iterator: Optional[Iterator] = None
+        self.result: Optional[Iterable[object]] = None
         self.pending_head = False  # start_response was called; head not yet sent
 
-    def start_response(self, status: str, headers: list, exc_info=None):
+    def start_response(self, status: str, headers: list[Header],
+                       exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
         if exc_info:
             try:
                 if self.head_sent:  # too late to change anything: let it propagate (PEP 3333)
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif self.status is not None:
+        elif self.status:
             raise AssertionError("start_response called a second time without exc_info")
         check_status(status)
         if not check_headers(headers):  # some field is new: maybe hop-by-hop
@@ -53,7 +57,7 @@ class Responder(BaseResponder):
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable: sends at once (the buffer may pass its high-water mark)."""
-        if self.status is None:
+        if not self.status:
             raise AssertionError("write() called before start_response()")
         self._out(body_bytes(data, "write() was given"))
 
@@ -77,7 +81,7 @@ class Responder(BaseResponder):
         """A wsgi.file_wrapper of a regular file on plain TCP goes out by os.sendfile, straight
         from the page cache; under TLS (or for other file-likes) it is read in blocks."""
         result = self.result
-        if (type(result) is not FileWrapper or self.connection.tls or self.status is None
+        if (type(result) is not FileWrapper or self.connection.tls or not self.status
                 or self.pending_head is False):
             return False
         fd, offset, size = regular_file_span(result.filelike)
@@ -101,15 +105,16 @@ class Responder(BaseResponder):
         return None
 
     def pump(self) -> str:
-        if self.iterator is None:  # the app failed
+        iterator = self.iterator
+        if iterator is None:  # the app failed
             return DONE
         result = self.result
         if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
-                and not self.head_sent and self.status is not None
+                and not self.head_sent and self.status
                 and self.connection.pending < self.high_water and not self.connection.closed):
             return self._send_whole(result[0])
         try:
-            return self._pull()
+            return self._pull(iterator)
         except Exception:
             self.fail()
             return DONE
@@ -127,16 +132,19 @@ class Responder(BaseResponder):
             self.fail()
             return DONE
 
-    def _pull(self) -> str:
+    def _pull(self, iterator: Iterator[object]) -> str:
         connection = self.connection
-        sized = isinstance(self.result, (list, tuple))
+        result = self.result
+        sized = isinstance(result, (list, tuple))
+        # A one-item list is the whole body: send it with a Content-Length, in one write.
+        single = isinstance(result, (list, tuple)) and len(result) == 1
         while connection.pending < self.high_water:
             if connection.closed:
                 return DONE
             try:
-                chunk = next(self.iterator)
+                chunk = next(iterator)
             except StopIteration:
-                if self.status is None:
+                if not self.status:
                     raise AssertionError("the app returned without calling start_response()")
                 if not self.head_sent:
                     self._out(b"", last=True)
@@ -148,10 +156,9 @@ class Responder(BaseResponder):
                 if sized:
                     continue
                 return WAITING
-            if self.status is None:
+            if not self.status:
                 raise AssertionError("the app yielded body bytes before start_response()")
-            # A one-item list is the whole body: send it with a Content-Length, in one write.
-            self._out(chunk, last=sized and len(self.result) == 1)
+            self._out(chunk, last=single)
             if self.bodiless:  # HEAD, 204, 304: the rest of the body would be discarded anyway
                 self.finish()
                 return DONE
@@ -192,12 +199,14 @@ class CustomResponder:
     `BareResponder` made for the request it answers. An answer with a bytes body may be
     returned for any number of requests; an iterator body is used up by the first."""
 
-    def __init__(self, status=200, headers=None, body=b"", data=None,
-                 compress: Optional[bool] = None):
+    def __init__(self, status: Union[int, str] = 200,
+                 headers: Union[Mapping[str, object], Iterable[tuple[str, object]], None] = None,
+                 body: Union[bytes, bytearray, memoryview, Iterable[object]] = b"",
+                 data: object = None, compress: Optional[bool] = None):
         self.compress = compress
         code = int(str(status)[:3])
         self.status = str(status) if " " in str(status) else f"{code} {reason_of(code)}"
-        pairs = headers.items() if isinstance(headers, dict) else headers or []
+        pairs = headers.items() if isinstance(headers, Mapping) else headers or []
         self.headers = [(name, header_text(name, value)) for name, value in pairs]
         if data is not None:
             body = json.dumps(data, separators=(",", ":")).encode("utf-8")
@@ -206,26 +215,34 @@ class CustomResponder:
         check_status(self.status)
         check_headers(self.headers)
         self.headers, self.close_asked = drop_hop_by_hop(self.headers)
-        self.whole = isinstance(body, BYTES_LIKE)
-        if self.whole:
-            body = bytes(body)
+        self.body: Union[bytes, Iterable[object]]  # the whole body, or its items to stream
+        if isinstance(body, BYTES_LIKE):
+            self.body = bytes(body)
         elif isinstance(body, str) or not hasattr(body, "__iter__"):
             raise TypeError(f"CustomResponder body must be bytes-like or an iterable of "
                             f"bytes-like items, not {type(body).__name__}")
-        self.body = body
+        else:
+            self.body = body
 
 
 class BareResponder(BaseResponder):
     """Writes a `CustomResponder`'s answer to one request on its connection."""
 
-    def __init__(self, connection, request, settings: ResponseSettings,
+    iterator: Iterator[object]  # made with the responder, from the answer's body
+
+    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
                  answer: CustomResponder):
         super().__init__(connection, request, settings)
         self.status = answer.status
         self.headers = answer.headers
-        self.whole = answer.whole
-        self.body = answer.body
-        self.iterator = iter((answer.body,)) if answer.whole else iter(answer.body)
+        self.body = body = answer.body
+        self.whole: Optional[bytes]  # the body when it is known whole, else None: streamed
+        if isinstance(body, bytes):
+            self.whole = body
+            self.iterator = iter((body,))
+        else:
+            self.whole = None
+            self.iterator = iter(body)
         if answer.close_asked:
             self.keep_alive = False
         if answer.compress is not None:
@@ -235,8 +252,9 @@ class BareResponder(BaseResponder):
         pass
 
     def pump(self) -> str:
+        whole, iterator = self.whole, self.iterator
         if self.bodiless and not self.head_sent:  # HEAD: the head alone, without the body
-            self.send_head(self.body if self.whole else b"", last=self.whole)
+            self.send_head(whole if whole is not None else b"", last=whole is not None)
             self.finish()
             return DONE
         try:
@@ -244,7 +262,7 @@ class BareResponder(BaseResponder):
                 if self.connection.closed:
                     return DONE
                 try:
-                    chunk = next(self.iterator)
+                    chunk = next(iterator)
                 except StopIteration:
                     if not self.head_sent:
                         self.send_head(b"", last=True)
@@ -253,13 +271,13 @@ class BareResponder(BaseResponder):
                 if type(chunk) is not bytes:
                     chunk = body_bytes(chunk, "the response body yielded")
                 if not chunk:
-                    if not self.whole:
+                    if whole is None:
                         return WAITING
                     continue
                 if self.head_sent:
                     self.send_body(chunk)
                 else:
-                    self.send_head(chunk, last=self.whole)
+                    self.send_head(chunk, last=whole is not None)
                 if self.bodiless:  # HEAD, 204, 304: the rest would be discarded anyway
                     self.finish()
                     return DONE
@@ -276,6 +294,6 @@ class BareResponder(BaseResponder):
         if not self.closed:
             self.closed = True
             close = getattr(self.body, "close", None)
-            if close is not None and not self.whole:
+            if close is not None and self.whole is None:
                 close()
 

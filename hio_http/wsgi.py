@@ -10,16 +10,45 @@ import io
 import logging
 import os
 import stat
-from typing import Optional
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
 from urllib.parse import unquote_to_bytes
 
+if TYPE_CHECKING:
+    from .requesting import Request
+
+__all__ = ["Environ", "ExcInfo", "StartResponse", "App", "Readable", "ErrorStream",
+           "FileWrapper", "regular_file_span", "environ_key", "build_environ"]
+
 wsgi_logger = logging.getLogger("hio_http.wsgi")
+
+# PEP 3333's environ: str keys, values of many kinds (str, a file, bools, a tuple, callables),
+# which the app reads as it knows them; hence Any.
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]  # sys.exc_info() in an except
+
+
+class StartResponse(Protocol):
+    """start_response(status, headers, exc_info=None) -> write (PEP 3333)."""
+
+    def __call__(self, status: str, headers: list[tuple[str, str]],
+                 exc_info: Optional[ExcInfo] = None, /) -> Callable[[bytes], None]: ...
+
+
+# An app returns an iterable of body items: bytes, or any bytes-like object (checked as sent).
+App = Callable[[Environ, StartResponse], Iterable[object]]
+
+
+class Readable(Protocol):
+    """What wsgi.file_wrapper accepts (PEP 3333): anything with read(size)."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 class ErrorStream:
     """wsgi.errors: what the app writes goes to the `hio_http.wsgi` logger, line by line."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._partial = ""
 
     def write(self, text: str) -> int:
@@ -29,7 +58,7 @@ class ErrorStream:
             wsgi_logger.error(line)
         return len(text)
 
-    def writelines(self, lines) -> None:
+    def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
@@ -42,14 +71,16 @@ class ErrorStream:
 class FileWrapper:
     """wsgi.file_wrapper: iterates a file in blocks and closes it with the response."""
 
-    def __init__(self, filelike, block_size: int = 64 * 1024):
+    close: Callable[[], object]  # the file's own close(), when it has one
+
+    def __init__(self, filelike: Readable, block_size: int = 64 * 1024):
         self.filelike = filelike
         self.block_size = block_size
         close = getattr(filelike, "close", None)
         if close is not None:
             self.close = close
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         read = self.filelike.read
         while True:
             block = read(self.block_size)
@@ -58,12 +89,16 @@ class FileWrapper:
             yield block
 
 
-def regular_file_span(filelike) -> tuple:
-    """(descriptor, current offset, bytes left) of a regular file, or (None, 0, 0)."""
+def regular_file_span(filelike: object) -> tuple[Optional[int], int, int]:
+    """(descriptor, current offset, bytes left) of a regular file, or (None, 0, 0) for anything
+    else (a pipe, a socket, a file-like without fileno() or tell())."""
+    fileno, tell = getattr(filelike, "fileno", None), getattr(filelike, "tell", None)
+    if fileno is None or tell is None:
+        return None, 0, 0
     try:
-        fd = filelike.fileno()
+        fd: int = fileno()
         info = os.fstat(fd)
-        offset = filelike.tell()
+        offset: int = tell()
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None, 0, 0
     if not stat.S_ISREG(info.st_mode):
@@ -71,7 +106,7 @@ def regular_file_span(filelike) -> tuple:
     return fd, offset, max(0, info.st_size - offset)
 
 
-_environ_keys: dict = {}
+_environ_keys: dict[str, str] = {}
 
 
 def environ_key(name: str) -> Optional[str]:
@@ -86,7 +121,7 @@ def environ_key(name: str) -> Optional[str]:
     return key
 
 
-def build_environ(base: dict, request, root_path: str = "") -> dict:
+def build_environ(base: Environ, request: Request, root_path: str = "") -> Environ:
     """The WSGI environ of `request` on top of the per-connection `base` (PEP 3333)."""
     environ = base.copy()
     path = request.path
