@@ -4,6 +4,7 @@ over several ticks, streaming, beside a WSGI app and a user doer in one Doist.""
 import http.client
 import logging
 import threading
+import types
 
 import pytest
 import requests
@@ -274,3 +275,13 @@ def test_an_answer_that_is_no_responder_is_a_500_saying_so(caplog):
             assert requests.get(server.url + "/bad", timeout=5).status_code == 500
         assert requests.get(server.url + "/good", timeout=5).text == "ok"
     assert "an answer must be a CustomResponder, a responder or None, not dict" in caplog.text
+
+
+def test_bare_headers_may_be_any_mapping():
+    headers = types.MappingProxyType({"Content-Type": "text/plain", "X-Count": 3})
+
+    with serve_in_thread(cls=BareServer, handler=lambda request: CustomResponder(
+            200, headers, b"mapped")) as server:
+        answer = requests.get(server.url, timeout=5)
+    assert (answer.text, answer.headers["X-Count"]) == ("mapped", "3")
+    assert answer.headers["Content-Type"] == "text/plain"
