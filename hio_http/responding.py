@@ -234,7 +234,7 @@ class BareResponder(BaseResponder):
                  answer: CustomResponder):
         super().__init__(connection, request, settings)
         self.status = answer.status
-        self.headers = answer.headers
+        self.headers = answer.headers  # shared with the answer: framing replaces, never edits it
         self.body = body = answer.body
         self.whole: Optional[bytes]  # the body when it is known whole, else None: streamed
         if isinstance(body, bytes):
