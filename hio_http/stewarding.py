@@ -33,7 +33,8 @@ import termios
 import time
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, TypeGuard
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol,
+                    TypeGuard)
 
 from .hosting import Host, Hosted
 from .net import Connection, ConnectionHandler
@@ -152,6 +153,10 @@ class StewardHost(Host, Protocol):
     def handler(self) -> Optional[BareHandler]: ...
     @property
     def websocket_upgrade(self) -> Optional[Upgrade]: ...
+    @property
+    def websockets(self) -> Mapping[str, Callable[[], Any]]:
+        """What the upgrade reads of the server this Steward hands it: the endpoints (Any:
+        their handlers are websocket's, a module this one never names)."""
     @property
     def pool(self) -> Optional[AppPool]: ...
     @property
