@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 
 from .client_bodies import BodyError, BodyWriter, RequestBody
 from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectTimeout, Data,
@@ -26,7 +26,8 @@ from .responding import header_text  # one rule for header values, requests and 
 
 logger = logging.getLogger("hio_http.client")
 
-__all__ = ["Session", "Link", "Exchange", "Headers", "header_list", "due", "resolve"]
+__all__ = ["Session", "SessionClient", "StreamClient", "Link", "Exchange", "Headers", "header_list", "due",
+           "resolve"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 READS_PER_WAKE = 8  # receives in a row while each fills its buffer, before polling again
@@ -84,6 +85,67 @@ class Exchange:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class SessionClient(Protocol):
+    """What a Session uses of the client that owns it (clienting.Client, a layer above)."""
+
+    connections_opened: int  # counted here, as each connection begins
+
+    @property
+    def poller(self) -> Optional[Poller]: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def server_name(self) -> str: ...
+    @property
+    def tls_context(self) -> Optional[ssl.SSLContext]: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def continue_timeout(self) -> float: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_header_count(self) -> int: ...
+    @property
+    def max_pipeline(self) -> int: ...
+    @property
+    def max_body(self) -> int: ...
+    @property
+    def high_water(self) -> int: ...
+    @property
+    def decompress(self) -> bool: ...
+
+    def clock(self) -> float: ...
+
+    def follows(self, exchange: Exchange, head: Head) -> bool:
+        """Whether the client will follow the redirect `head` answers `exchange` with."""
+
+
+class StreamClient(SessionClient, Protocol):
+    """What a stream of the client (client_events.EventStream, websocket_client's
+    WebSocketClient: layers above) uses of the client that made it, its session's needs
+    included."""
+
+    @property
+    def streams(self) -> list[Any]:
+        """The client's streams, which it starts, services and closes (Any: they are
+        of several kinds, all of them strangers to this module)."""
+    @property
+    def default_headers(self) -> list[tuple[str, str]]: ...
+    @property
+    def timeout(self) -> Optional[float]: ...
+
+    def request_target(self, path: str) -> str: ...
+
+    def request_fields(self, fields: list[tuple[str, str]], method: str,
+                       body: Union[RequestBody, bytes]) -> list[tuple[str, str]]:
+        """The fields a request goes out with: the client's rules applied to `fields`."""
+
+
 # -- one connection -----------------------------------------------------------------------------
 
 class Link(Connection):
@@ -134,8 +196,7 @@ class Session:
     `session_closed(session, unanswered, error)` and `connect_failed(session, error)`.
     """
 
-    # `client` is the clienting.Client that owns the session (a layer above, so not imported).
-    def __init__(self, client: Any, owner):
+    def __init__(self, client: SessionClient, owner):
         self.client = client
         self.owner = owner
         assert client.poller is not None  # sessions start once the client is open

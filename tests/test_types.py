@@ -20,7 +20,7 @@ def test_mypy_finds_no_error():
 # Lower modules know higher ones only as Protocols, and some callables are resolved by name
 # (the WebSocket upgrade): nothing in the package makes mypy compare them. Here it does.
 CONFORMANCE = '''
-from hio_http import serving, stewarding, websocket
+from hio_http import clienting, serving, stewarding, websocket, websocket_client
 
 def steward_host(server: serving.BaseServer) -> stewarding.StewardHost:
     return server
@@ -35,6 +35,9 @@ def session_switched(session: websocket.WebSocketSession) -> stewarding.Switched
     return session
 
 upgrade: stewarding.Upgrade = websocket.upgrade
+
+def upgrading_client(client: clienting.Client) -> websocket_client.UpgradingClient:
+    return client
 '''
 
 # The control: a server without a WSGI app is no WSGIHost, and mypy must say so.
