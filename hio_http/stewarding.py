@@ -34,7 +34,7 @@ import time
 from collections import deque
 from types import TracebackType
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol,
-                    TypeGuard)
+                    TypeGuard, Union)
 
 from .hosting import Host, Hosted
 from .net import Connection, ConnectionHandler
@@ -72,11 +72,14 @@ class BareHandler(Protocol):
     def __call__(self, request: Request, /) -> Optional[BaseResponder]: ...
 
 
-ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
+# What sys.exc_info() returns
+ExcInfo = Union[tuple[type[BaseException], BaseException, Optional[TracebackType]],
+                tuple[None, None, None]]
 
 
 class StartResponse(Protocol):
-    """PEP 3333's start_response: status, headers, exc_info; returns the legacy write()."""
+    """PEP 3333's start_response: status, headers, exc_info; returns the legacy write().
+    (The shape of the stdlib's wsgiref.types.StartResponse, which Python 3.10 lacks.)"""
 
     def __call__(self, status: str, headers: list[tuple[str, str]],
                  exc_info: Optional[ExcInfo] = None, /) -> Callable[[bytes], object]: ...

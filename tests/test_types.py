@@ -20,6 +20,9 @@ def test_mypy_finds_no_error():
 # Lower modules know higher ones only as Protocols, and some callables are resolved by name
 # (the WebSocket upgrade): nothing in the package makes mypy compare them. Here it does.
 CONFORMANCE = '''
+import falcon
+
+import hio_http
 from hio_http import clienting, serving, stewarding, websocket, websocket_client
 
 def steward_host(server: serving.BaseServer) -> stewarding.StewardHost:
@@ -38,6 +41,14 @@ upgrade: stewarding.Upgrade = websocket.upgrade
 
 def upgrading_client(client: clienting.Client) -> websocket_client.UpgradingClient:
     return client
+
+# The Protocols users annotate with take what they are meant to.
+falcon_app: hio_http.WSGIApp = falcon.App()
+
+def status(request: hio_http.Request) -> hio_http.CustomResponder:
+    return hio_http.CustomResponder(data={"ok": True})
+
+handler: hio_http.BareHandler = status
 '''
 
 # The control: a server without a WSGI app is no WSGIHost, and mypy must say so.
