@@ -11,7 +11,8 @@ from typing import Optional
 
 from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
 from .client_response import Response
-from .client_session import Exchange, Headers, Session, StreamClient, due, header_list
+from .client_session import (Exchange, Headers, Session, SessionState, StreamClient, due,
+                             header_list)
 
 logger = logging.getLogger("hio_http.client")
 
@@ -139,7 +140,7 @@ class EventStream:
 
     def exchange_ended(self, session: Session, exchange: Exchange, end: End) -> None:
         exchange.response._finish(end.trailers)
-        session.closing = True
+        session.close_after_responses()
         if not self.closed:
             self._lost(None)
 
@@ -162,7 +163,7 @@ class EventStream:
         self.connected = False
         if error is not None:
             self.error = error
-        if session is not None and session.state != "closed":
+        if session is not None and session.state is not SessionState.CLOSED:
             session.in_flight.clear()
             session.close()
         if self.closed:
