@@ -302,9 +302,10 @@ class BaseServer:
 
 class BareServer(BaseServer):
     """Serves requests without WSGI: `BareServer(steward=MySteward)` with a Steward subclass
-    overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` returns a
-    `CustomResponder` (or None for "not yet"). `websockets={path: WebSocketHandler subclass}`
-    serves WebSocket endpoints on the same port."""
+    overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` (a
+    `BareHandler`) returns a `CustomResponder` (or None for "not yet").
+    `websockets={path: WebSocketHandler subclass}` serves WebSocket endpoints on the same
+    port."""
 
     def __init__(self, handler: Optional[BareHandler] = None, **kwa: Any):
         super().__init__(**kwa)
