@@ -12,7 +12,8 @@ from .doing import DoDoer, Doer, Doist, doify, doize
 from .polling import Poller, poller_of
 from .requesting import Limits, Request, RequestError, Requestant
 from .responding import CustomResponder, Responder
-from .serving import BareServer, Server, ServerDoer, Settings, Steward, openServer
+from .serving import (BareHandler, BareServer, Server, ServerDoer, Settings, StartResponse,
+                      Steward, WSGIApp, openServer)
 from .sse import Broadcaster, format_event
 from .timing import Tymee, Tymer, Tymist
 
@@ -37,6 +38,7 @@ __all__ = [
     "Limits", "Request", "RequestError", "Requestant",
     "CustomResponder", "Responder",
     "BareServer", "Server", "ServerDoer", "Settings", "Steward", "openServer",
+    "BareHandler", "WSGIApp", "StartResponse",
     "Broadcaster", "format_event", "StaticSink",
     "Tymee", "Tymer", "Tymist",
 ]

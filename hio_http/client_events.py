@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Optional
+from typing import Optional
 
 from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
 from .client_response import Response
-from .client_session import Exchange, Headers, Session, due, header_list
+from .client_session import (Exchange, Headers, Session, SessionState, StreamClient, due,
+                             header_list)
 
 logger = logging.getLogger("hio_http.client")
 
@@ -27,9 +28,7 @@ class EventStream:
     Content-Type other than text/event-stream (then `error` tells why), or `close()`.
     """
 
-    # `client` is the clienting.Client that made the stream (it imports this module, not the
-    # other way round).
-    def __init__(self, client: Any, path: str, last_event_id: Optional[str] = None,
+    def __init__(self, client: StreamClient, path: str, last_event_id: Optional[str] = None,
                  headers: Headers = None, retry: int = 3000, idle_timeout: Optional[float] = None,
                  max_reconnects: Optional[int] = None):
         self.client = client
@@ -81,8 +80,8 @@ class EventStream:
         target = client.request_target(self.path)
         response = Response("GET", client.origin + target)
         fields = client.request_fields(client.default_headers + fields, "GET", b"")
-        exchange = Exchange("GET", target, fields, b"", response,
-                             client._deadline(client.timeout))
+        deadline = None if client.timeout is None else client.clock() + client.timeout
+        exchange = Exchange("GET", target, fields, b"", response, deadline)
         exchange.sink = self._receive
         exchange.on_head = self._head
         self.response, self._exchange = response, exchange
@@ -141,7 +140,7 @@ class EventStream:
 
     def exchange_ended(self, session: Session, exchange: Exchange, end: End) -> None:
         exchange.response._finish(end.trailers)
-        session.closing = True
+        session.close_after_responses()
         if not self.closed:
             self._lost(None)
 
@@ -164,7 +163,7 @@ class EventStream:
         self.connected = False
         if error is not None:
             self.error = error
-        if session is not None and session.state != "closed":
+        if session is not None and session.state is not SessionState.CLOSED:
             session.in_flight.clear()
             session.close()
         if self.closed:

@@ -7,6 +7,7 @@ streams and its WebSockets; it knows nothing of them (its owner is told what hap
 from __future__ import annotations
 
 import collections
+import enum
 import errno
 import ipaddress
 import logging
@@ -14,7 +15,7 @@ import os
 import socket
 import ssl
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 
 from .client_bodies import BodyError, BodyWriter, RequestBody
 from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectTimeout, Data,
@@ -26,7 +27,9 @@ from .polling import READ, WRITE, Poller
 
 logger = logging.getLogger("hio_http.client")
 
-__all__ = ["Session", "Link", "Exchange", "Headers", "header_list", "due", "resolve"]
+__all__ = ["Session", "SessionState", "DEADLINES", "TRANSITIONS", "SessionClient",
+           "StreamClient", "Link", "Exchange", "Headers", "header_list", "due",
+           "resolve"]
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 READS_PER_WAKE = 8  # receives in a row while each fills its buffer, before polling again
@@ -84,7 +87,95 @@ class Exchange:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class SessionClient(Protocol):
+    """What a Session uses of the client that owns it (clienting.Client, a layer above)."""
+
+    connections_opened: int  # counted here, as each connection begins
+
+    @property
+    def poller(self) -> Optional[Poller]: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def server_name(self) -> str: ...
+    @property
+    def tls_context(self) -> Optional[ssl.SSLContext]: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def continue_timeout(self) -> float: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_header_count(self) -> int: ...
+    @property
+    def max_pipeline(self) -> int: ...
+    @property
+    def max_body(self) -> int: ...
+    @property
+    def high_water(self) -> int: ...
+    @property
+    def decompress(self) -> bool: ...
+
+    def clock(self) -> float: ...
+
+    def follows(self, exchange: Exchange, head: Head) -> bool:
+        """Whether the client will follow the redirect `head` answers `exchange` with."""
+
+
+class StreamClient(SessionClient, Protocol):
+    """What a stream of the client (client_events.EventStream, websocket_client's
+    WebSocketClient: layers above) uses of the client that made it, its session's needs
+    included."""
+
+    @property
+    def streams(self) -> list[Any]:
+        """The client's streams, which it starts, services and closes (Any: they are
+        of several kinds, all of them strangers to this module)."""
+    @property
+    def default_headers(self) -> list[tuple[str, str]]: ...
+    @property
+    def timeout(self) -> Optional[float]: ...
+
+    def request_target(self, path: str) -> str: ...
+
+    def request_fields(self, fields: list[tuple[str, str]], method: str,
+                       body: Union[RequestBody, bytes]) -> list[tuple[str, str]]:
+        """The fields a request goes out with: the client's rules applied to `fields`."""
+
+
 # -- one connection -----------------------------------------------------------------------------
+
+class SessionState(enum.Enum):
+    """Where a client connection stands; DEADLINES and TRANSITIONS say what bounds each state
+    and which may follow it. Every change of state goes through `Session._enter`."""
+
+    CONNECTING = "connecting"  # resolution, nonblocking connect, TLS handshake
+    READY = "ready"            # sends exchanges; their responses come back in order
+    CLOSING = "closing"        # sends nothing more; closes after the responses in flight
+    CLOSED = "closed"          # its unanswered exchanges went back to its owner
+
+
+# The client's setting that bounds each state, counted from entering it; None: no deadline of
+# the session's own (each exchange in flight has its deadline, from the client's timeout, and
+# a body held back for 100 Continue waits at most `continue_timeout`).
+DEADLINES: dict[SessionState, Optional[str]] = {
+    SessionState.CONNECTING: "connect_timeout", SessionState.READY: None,
+    SessionState.CLOSING: None, SessionState.CLOSED: None}
+
+# The states each state may change to.
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.CONNECTING: frozenset((SessionState.READY, SessionState.CLOSED)),
+    SessionState.READY: frozenset((SessionState.CLOSING, SessionState.CLOSED)),
+    SessionState.CLOSING: frozenset((SessionState.CLOSED,)),
+    SessionState.CLOSED: frozenset()}
+
+RECEIVING = frozenset((SessionState.READY, SessionState.CLOSING))  # responses are read
+
 
 class Link(Connection):
     """A client connection: net.Connection, remembering why it was lost."""
@@ -134,27 +225,46 @@ class Session:
     `session_closed(session, unanswered, error)` and `connect_failed(session, error)`.
     """
 
-    # `client` is the clienting.Client that owns the session (a layer above, so not imported).
-    def __init__(self, client: Any, owner):
+    def __init__(self, client: SessionClient, owner):
         self.client = client
         self.owner = owner
         assert client.poller is not None  # sessions start once the client is open
         self.poller: Poller = client.poller
         self.parser = ResponseParser(client.max_header_bytes, client.max_header_count)
         self.in_flight: collections.deque = collections.deque()
-        self.state = "connecting"
         self.link: Optional[Link] = None
         self.persistent = False  # an HTTP/1.1 keep-alive response came: pipelining allowed
-        self.closing = False  # nothing more goes out; closes after the last response
         self.continuing: Optional[Exchange] = None  # head sent, body held for 100 Continue
         self.continue_deadline = 0.0
         self.uploading: Optional[Exchange] = None  # its streamed body is going out
         self.paused = False  # reading stopped: a streamed response's consumer is behind
-        self.deadline = client.clock() + client.connect_timeout
+        self.state = SessionState.CONNECTING
+        self.deadline: Optional[float] = None  # on the client's clock; None: none (DEADLINES)
+        self._enter(SessionState.CONNECTING)
         self._sock: Optional[socket.socket] = None
         self._addresses: list = []
         self._resolving: Optional[Future] = None
         self._last_error: Optional[BaseException] = None
+
+    def _enter(self, state: SessionState) -> None:
+        """Change to `state` (as TRANSITIONS allow), with the deadline DEADLINES gives it."""
+        if state is not self.state and state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"a client session does not go from {self.state.value} "
+                                 f"to {state.value}")
+        self.state = state
+        setting = DEADLINES[state]
+        self.deadline = (None if setting is None
+                         else self.client.clock() + getattr(self.client, setting))
+
+    @property
+    def closing(self) -> bool:
+        """Nothing more goes out: the connection closes after the responses in flight."""
+        return self.state is SessionState.CLOSING
+
+    def close_after_responses(self) -> None:
+        """Send nothing more, and close once the responses in flight are in."""
+        if self.state is SessionState.READY:
+            self._enter(SessionState.CLOSING)
 
     def start(self) -> None:
         """Begin connecting (after the owner has stored the session: failure may be immediate)."""
@@ -173,7 +283,7 @@ class Session:
 
     def service(self, now: float) -> None:
         """Once a turn: resolution results, the connect deadline, the wait for 100 Continue."""
-        if self.state == "connecting":
+        if self.state is SessionState.CONNECTING:
             if self._resolving is not None and self._resolving.done():
                 future, self._resolving = self._resolving, None
                 try:
@@ -184,7 +294,7 @@ class Session:
                     return
                 self._addresses = [(info[0], info[4]) for info in infos]
                 self._connect_next()
-            elif now >= self.deadline:
+            elif self.deadline is not None and now >= self.deadline:
                 self._connect_failed(ConnectTimeout(
                     f"no connection to {self.client.origin} within "
                     f"{self.client.connect_timeout} s"), None)
@@ -246,10 +356,10 @@ class Session:
             self.connected()
 
     def _connect_failed(self, error: ClientError, cause: Optional[BaseException]) -> None:
-        if self.state == "closed":
+        if self.state is SessionState.CLOSED:
             return
         error.__cause__ = cause
-        self.state = "closed"
+        self._enter(SessionState.CLOSED)
         self._resolving = None
         if self._sock is not None:
             self.poller.unregister(self._sock)
@@ -272,9 +382,9 @@ class Session:
     # -- net.Connection events ----------------------------------------------------------------
 
     def connected(self) -> None:
-        if self.state != "connecting":
+        if self.state is not SessionState.CONNECTING:
             return
-        self.state = "ready"
+        self._enter(SessionState.READY)
         self.owner.session_ready(self)
 
     def received(self, data: bytes) -> None:
@@ -299,14 +409,14 @@ class Session:
             self._upload()
 
     def closed(self) -> None:
-        if self.state == "closed":
+        if self.state is SessionState.CLOSED:
             return
-        if self.state == "connecting":  # the TLS handshake failed
+        if self.state is SessionState.CONNECTING:  # the TLS handshake failed
             cause = self.link.error if self.link is not None else None
             self._connect_failed(ConnectError(
                 f"TLS handshake with {self.client.origin} failed: {cause}"), cause)
             return
-        self.state = "closed"
+        self._enter(SessionState.CLOSED)
         self.continuing = self.uploading = None
         unanswered = list(self.in_flight)
         self.in_flight.clear()
@@ -321,7 +431,7 @@ class Session:
     # -- requests out, responses in -----------------------------------------------------------
 
     def can_send(self, exchange: Exchange) -> bool:
-        if (self.state != "ready" or self.closing or self.continuing is not None
+        if (self.state is not SessionState.READY or self.continuing is not None
                 or self.uploading is not None):
             return False
         in_flight = self.in_flight
@@ -344,7 +454,7 @@ class Session:
         self.parser.expect(exchange.method)
         if any(name.lower() == "connection" and "close" in _tokens(value)
                for name, value in exchange.headers):
-            self.closing = True
+            self.close_after_responses()
         body = exchange.body
         assert self.link is not None  # only a connected session is sent exchanges
         if exchange.expect_continue:
@@ -399,11 +509,11 @@ class Session:
         server will not read the rest as a body, so the connection ends with this response."""
         if exchange is self.continuing:
             self.continuing = None
-            self.closing = True
+            self.close_after_responses()
         if exchange is self.uploading:
             self.uploading = None
             exchange.body.close()
-            self.closing = True
+            self.close_after_responses()
 
     def _pause_for(self, response: Response) -> None:
         """A streamed body's consumer is behind: stop reading until it takes some (TCP then
@@ -437,13 +547,13 @@ class Session:
 
     def close(self) -> None:
         """Close now; exchanges in flight go back to the owner as unanswered."""
-        if self.state == "connecting":
+        if self.state is SessionState.CONNECTING:
             self._connect_failed(ConnectError("the client closed the connection"), None)
         elif self.link is not None and not self.link.closed:
             self.link.close()  # -> closed()
 
     def _take_events(self) -> None:
-        while self.state == "ready" and self.in_flight:
+        while self.state in RECEIVING and self.in_flight:
             exchange = self.in_flight[0]
             try:
                 event = self.parser.next_event()
@@ -472,7 +582,7 @@ class Session:
                     if event.keep_alive and exchange.response.version == "1.1":
                         self.persistent = True
                     else:
-                        self.closing = True
+                        self.close_after_responses()
                     self.owner.exchange_ended(self, exchange, event)
                     if self.closing and not self.in_flight:
                         self.close()

@@ -16,9 +16,11 @@ failure is ever raised into it: each lands on its response as a `ClientError`.
 # event stream; this module holds the `Client` that queues exchanges, and its doer.
 #
 # A Client keeps a queue of exchanges (a request and its Response) and one `Session`, its
-# keep-alive connection. A session is
+# keep-alive connection. A session is (client_session.SessionState, with its tables)
 #   connecting  resolve, nonblocking connect, TLS handshake                   [connect timeout]
 #   ready       sends queued exchanges; each waits in `in_flight` for its response, in order
+#   closing     sends nothing more (a `Connection: close` either way, a body cut short);
+#               closes after the responses in flight
 #   closed      its unanswered exchanges went back to its owner
 # Pipelining starts once the connection proved persistent (an HTTP/1.1 keep-alive response),
 # up to `max_pipeline` requests, never behind a non-idempotent request or one that waits for
@@ -56,7 +58,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectError, Connectio
                              ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
                              ProtocolError, ResponseParser, TooManyRedirects)
 from .client_response import Response
-from .client_session import Exchange, Headers, Session, due, header_list
+from .client_session import Exchange, Headers, Session, SessionState, due, header_list
 from .doing import Doer
 from .grammar import check_field, is_token
 from .polling import Poller, join_loop, leave_loop
@@ -226,7 +228,8 @@ class Client:
         exchanges = list(self.queue)
         if self._session is not None:
             exchanges += list(self._session.in_flight)
-            self._session.deadline += shift
+            if self._session.deadline is not None:
+                self._session.deadline += shift
         for exchange in exchanges:
             if exchange.deadline is not None:
                 exchange.deadline += shift
@@ -439,11 +442,11 @@ class Client:
         try:
             while self.queue:
                 session = self._session
-                if session is None or session.state == "closed":
+                if session is None or session.state is SessionState.CLOSED:
                     self._session = Session(self, self)
                     self._session.start()
                     continue  # it may have connected (or failed) at once
-                if session.closing and session.state == "ready" and not session.in_flight:
+                if session.state is SessionState.CLOSING and not session.in_flight:
                     session.close()
                     continue
                 if not session.can_send(self.queue[0]):

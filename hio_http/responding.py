@@ -18,7 +18,7 @@ from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, Req
                       ResponseSettings, body_bytes, check_headers, check_status, drop_hop_by_hop,
                       reason_of)
 from .grammar import BYTES_LIKE, header_text
-from .wsgi import App, Environ, ExcInfo, FileWrapper, regular_file_span
+from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
 __all__ = ["Responder", "CustomResponder", "BareResponder"]
 
@@ -29,7 +29,7 @@ class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
-                 app: App, environ: Environ):
+                 app: WSGIApp, environ: Environ):
         super().__init__(connection, request, settings)
         self.app = app
         self.environ = environ
@@ -38,7 +38,7 @@ class Responder(BaseResponder):
 
     def start_response(self, status: str, headers: list[Header],
                        exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
-        if exc_info:
+        if exc_info and exc_info[1] is not None:  # (None, None, None): no exception at hand
             try:
                 if self.head_sent:  # too late to change anything: let it propagate (PEP 3333)
                     raise exc_info[1].with_traceback(exc_info[2])

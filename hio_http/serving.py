@@ -23,33 +23,38 @@ import logging
 import math
 import socket
 import time
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .accesslog import AccessLog
 from .doing import Doer
 from .framing import ResponseSettings
-from .net import Acceptor
+from .hosting import Hosted
+from .net import Acceptor, Address
 from .polling import Poller, join_loop, leave_loop, poller_of
 from .pool import AppPool
 from .proxying import TrustedPeers
 from .settings import Settings
 from .stalls import StallWatch, stall_watch_of
 # Steward, WSGISteward and is_event_stream are the connection's side (stewarding.py); their
-# names are also given here, where users of the servers have always found them.
-from .stewarding import Steward, TrafficObserver, WSGISteward, is_event_stream
+# names are also given here, where users of the servers have always found them, with the
+# Protocols of what a server calls: a bare handler, a WSGI app, the WebSocket upgrade.
+from .stewarding import (BareHandler, StartResponse, Steward, TrafficObserver, Upgrade,
+                         WSGIApp, WSGISteward, is_event_stream)
 from .wsgi import ErrorStream, FileWrapper
 
 logger = logging.getLogger("hio_http.server")
 
 __all__ = ["Settings", "Steward", "WSGISteward", "BaseServer", "Server", "BareServer",
-           "ServerDoer", "openServer", "is_event_stream"]
+           "ServerDoer", "openServer", "is_event_stream", "BareHandler", "WSGIApp",
+           "StartResponse", "Upgrade", "TrafficObserver"]
 
 WEBSOCKET_UPGRADE = "hio_http.websocket:upgrade"  # the handshake, resolved by name (see below)
 
 
-def resolve(spec: str) -> Callable:
+def resolve(spec: str) -> Any:
     """`module:name` to the object it names. Optional parts (the WebSocket upgrade) are named,
-    not imported, here, so the core never imports them; a server resolves them once."""
+    not imported, here, so the core never imports them; a server resolves them once. (Any:
+    what a name stands for is known only where it is used.)"""
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -57,18 +62,25 @@ def resolve(spec: str) -> Callable:
 class BaseServer:
     """Listening sockets, the stewards of their connections, and the sweep of deadlines."""
 
-    steward_class: type = Steward
+    steward_class: type[Steward] = Steward
+    # What a Steward calls for each request when set (BareServer(handler=...))
+    handler: Optional[BareHandler] = None
+    # Where app calls run when `threads` is set (Server)
+    pool: Optional[AppPool] = None
 
-    def __init__(self, poller: Optional[Poller] = None, clock: Optional[Callable] = None,
-                 steward: Optional[type] = None, sockets: Optional[list] = None,
-                 websockets: Optional[dict] = None, **settings):
+    def __init__(self, poller: Optional[Poller] = None,
+                 clock: Optional[Callable[[], float]] = None,
+                 steward: Optional[type[Steward]] = None,
+                 sockets: Optional[list[socket.socket]] = None,
+                 websockets: Optional[dict[str, Callable[[], Any]]] = None, **settings: Any):
         self.settings = Settings(**settings)
-        # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler)
-        self.websockets: dict = dict(websockets or {})
+        # WebSocket endpoints: path -> handler class (or any factory of a WebSocketHandler;
+        # Any: that class lives in a module above this one)
+        self.websockets: dict[str, Callable[[], Any]] = dict(websockets or {})
         # The handshake is resolved once, and only when there are endpoints: the server knows
         # WebSockets only as this callable (and wsproto is not loaded without them).
-        self.websocket_upgrade: Optional[Callable] = (resolve(WEBSOCKET_UPGRADE)
-                                                      if self.websockets else None)
+        self.websocket_upgrade: Optional[Upgrade] = (resolve(WEBSOCKET_UPGRADE)
+                                                     if self.websockets else None)
         self.limits = self.settings.limits()
         product = self.settings.server_header
         self.response_settings = ResponseSettings(  # what every response shares (see framing)
@@ -79,11 +91,12 @@ class BaseServer:
             self.steward_class = steward
         self.poller = poller
         self.owns_poller = False
-        self.clock = clock or time.monotonic
-        self.acceptors: list = []
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self.acceptors: list[Acceptor] = []
         self.sockets = list(sockets or [])  # listening sockets opened elsewhere (workers)
-        self.stewards: set = set()
-        self.waiting: set = set()
+        # a Steward per connection, or what took its place (Steward.switch)
+        self.stewards: set[Hosted] = set()
+        self.waiting: set[Hosted] = set()
         self.stalls: Optional[StallWatch] = None  # told what the loop is doing, when set
         self.closing = False
         self.opened = False
@@ -99,11 +112,11 @@ class BaseServer:
         self._next_sweep = math.inf  # the earliest deadline not yet swept
         self._last_sweep = -math.inf
         # the least time between sweeps: the setting, or a quarter of the shortest timeout
-        settings = self.settings
-        shortest = min(settings.idle_timeout, settings.header_timeout, settings.body_timeout,
-                       settings.write_timeout, settings.handshake_timeout,
-                       settings.ws_ping_interval, settings.ws_ping_timeout)
-        self.sweep_interval = max(0.001, min(settings.sweep_interval, shortest / 4))
+        made = self.settings
+        shortest = min(made.idle_timeout, made.header_timeout, made.body_timeout,
+                       made.write_timeout, made.handshake_timeout,
+                       made.ws_ping_interval, made.ws_ping_timeout)
+        self.sweep_interval: float = max(0.001, min(made.sweep_interval, shortest / 4))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -112,7 +125,7 @@ class BaseServer:
         if self.opened:
             return self
         if self.poller is None:
-            self.poller = Poller()
+            self.poller = Poller()  # type: ignore[no-untyped-call]  # polling is not typed yet
             self.owns_poller = True
         settings = self.settings
         self.timed = self.access is not None or self.metrics is not None
@@ -131,7 +144,7 @@ class BaseServer:
         self.closing = False
         return self
 
-    def bind_addresses(self) -> list:
+    def bind_addresses(self) -> list[Address]:
         settings = self.settings
         first = settings.unix if settings.unix else (settings.host, settings.port)
         return [first, *settings.binds]
@@ -185,8 +198,9 @@ class BaseServer:
         return self.acceptors[0] if self.acceptors else None
 
     @property
-    def address(self):
-        """The first bound address: (host, port) (IPv6: (host, port, flow, scope)) or a path."""
+    def address(self) -> Any:
+        """The first bound address: (host, port) (IPv6: (host, port, flow, scope)) or a path.
+        (Any: what getsockname() returns, which depends on the socket's family.)"""
         return self.acceptors[0].address if self.acceptors else None
 
     @property
@@ -197,7 +211,7 @@ class BaseServer:
         return self.urls[0]
 
     @property
-    def urls(self) -> list:
+    def urls(self) -> list[str]:
         scheme = "https" if self.settings.ssl_context else "http"
         urls = []
         for acceptor in self.acceptors:
@@ -216,7 +230,7 @@ class BaseServer:
         responders, and sweep deadlines when due. Call it every tick, or at least whenever
         `waiting` is not empty and once `sweep_due()` has come."""
         if self.owns_poller:
-            self.poller.poll(0)
+            self.poller.poll(0)  # type: ignore[union-attr]  # one it owns is set until close()
         if self.waiting:
             for steward in list(self.waiting):
                 steward.resume()
@@ -233,7 +247,7 @@ class BaseServer:
         """When, on `clock`, the next sweep is due (math.inf: no deadline is set)."""
         return max(self._next_sweep, self._last_sweep + self.sweep_interval)
 
-    def nudge(self, steward) -> None:
+    def nudge(self, steward: Hosted) -> None:
         """Resume `steward` on the loop's next pass. Safe from any thread: it wakes the loop."""
         self.waiting.add(steward)
         if self.poller is not None:
@@ -262,7 +276,7 @@ class BaseServer:
 
     # -- connections --------------------------------------------------------------------------
 
-    def _accept(self, sock: socket.socket, peer) -> None:
+    def _accept(self, sock: socket.socket, peer: object) -> None:
         context = self.settings.ssl_context
         try:
             if context is not None:
@@ -278,11 +292,11 @@ class BaseServer:
             for acceptor in self.acceptors:
                 acceptor.pause()
 
-    def trusts(self, peer) -> bool:
+    def trusts(self, peer: object) -> bool:
         """Whether `peer` (a socket peer address) may speak for clients."""
         return (peer[0] if isinstance(peer, tuple) else "") in self.trusted
 
-    def forget(self, steward: Steward) -> None:
+    def forget(self, steward: Hosted) -> None:
         self.stewards.discard(steward)
         if not self.closing and len(self.stewards) < self.settings.max_connections:
             for acceptor in self.acceptors:
@@ -291,11 +305,12 @@ class BaseServer:
 
 class BareServer(BaseServer):
     """Serves requests without WSGI: `BareServer(steward=MySteward)` with a Steward subclass
-    overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` returns a
-    `CustomResponder` (or None for "not yet"). `websockets={path: WebSocketHandler subclass}`
-    serves WebSocket endpoints on the same port."""
+    overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` (a
+    `BareHandler`) returns a `CustomResponder` (or None for "not yet").
+    `websockets={path: WebSocketHandler subclass}` serves WebSocket endpoints on the same
+    port."""
 
-    def __init__(self, handler: Optional[Callable] = None, **kwa):
+    def __init__(self, handler: Optional[BareHandler] = None, **kwa: Any):
         super().__init__(**kwa)
         self.handler = handler
 
@@ -307,13 +322,12 @@ class Server(BaseServer):
 
     steward_class = WSGISteward
 
-    def __init__(self, app: Callable, **kwa):
+    def __init__(self, app: WSGIApp, **kwa: Any):
         if not callable(app):
             raise TypeError(f"Server needs a WSGI app (a callable), not {app!r}")
         super().__init__(**kwa)
         self.app = app
-        self.errors = ErrorStream()
-        self.pool: Optional[AppPool] = None  # app calls run here when `threads` is set
+        self.errors = ErrorStream()  # type: ignore[no-untyped-call]  # responding: not typed yet
 
     def open(self) -> "Server":
         super().open()
@@ -323,7 +337,7 @@ class Server(BaseServer):
                                 slow_after=settings.timeout)
         address = self.address
         scheme = "https" if self.settings.ssl_context else "http"
-        if self.acceptor.unix:
+        if self.acceptors[0].unix:
             name, port = "localhost", "80"
         else:
             name, port = address[0], str(address[1])
@@ -347,7 +361,7 @@ class Server(BaseServer):
             self.pool.close()  # threads end once idle; one stuck in an app does not hold us
             self.pool = None
 
-    def connection_environ(self, peer) -> dict:
+    def connection_environ(self, peer: object) -> dict[str, Any]:
         environ = self._environ.copy()
         if isinstance(peer, tuple):
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer[0], str(peer[1])
@@ -369,7 +383,7 @@ class ServerDoer(Doer):
 
     MAX_NAP = 60.0  # the longest sleep, even with no deadline at all
 
-    def __init__(self, server: BaseServer, **kwa):
+    def __init__(self, server: BaseServer, **kwa: Any):
         super().__init__(**kwa)
         self.server = server
         self.nested: Optional[Poller] = None
@@ -381,7 +395,7 @@ class ServerDoer(Doer):
         self.wake_by = math.inf  # the sweep it sleeps until, on the server's clock
 
     @property
-    def urgent(self) -> bool:
+    def urgent(self) -> bool:  # type: ignore[override]  # computed; a plain flag elsewhere
         """A response waits on the app, a stop began, or a new deadline comes before the
         sweep this doer sleeps until."""
         server = self.server
@@ -395,7 +409,7 @@ class ServerDoer(Doer):
     def enter(self) -> None:
         self._watch_stalls()
         if not self.server.opened:
-            self.server.clock = self.tymth  # deadlines follow the Doist's tyme
+            self.server.clock = self._wound()  # deadlines follow the Doist's tyme
         self.nested = join_loop(self.server, self.tymth)
         self.pace = self.tock
         self.napping = poller_of(self.tymth) is not None
@@ -442,7 +456,7 @@ class ServerDoer(Doer):
 
 
 @contextlib.contextmanager
-def openServer(cls: type = Server, **kwa) -> Iterator[BaseServer]:
+def openServer(cls: type[BaseServer] = Server, **kwa: Any) -> Iterator[BaseServer]:
     """Open a server for the with-block and always close it, even when the block raises."""
     server = cls(**kwa)
     try:

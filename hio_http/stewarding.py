@@ -32,21 +32,33 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import Any, Optional, Protocol, Union
+from types import TracebackType
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol,
+                    TypeGuard, Union)
 
-from .framing import DONE, WAITING, BaseResponder
-from .net import Connection
+from .hosting import Host, Hosted
+from .net import Connection, ConnectionHandler
 from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
-from .requesting import RequestError, Requestant
+from .framing import DONE, WAITING, BaseResponder, ResponseSettings
+from .requesting import Request, RequestError, Requestant
 from .responding import BareResponder, CustomResponder, Responder
 from .threaded import ThreadedResponder
-from .wsgi import build_environ
+from .wsgi import StartResponse, WSGIApp, build_environ
+
+if TYPE_CHECKING:
+    from .accesslog import AccessLog
+    from .polling import Poller
+    from .pool import AppPool
+    from .proxying import TrustedPeers
+    from .requesting import Limits
+    from .settings import Settings
+    from .stalls import StallWatch
 
 
 logger = logging.getLogger("hio_http.server")
 
-__all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "TrafficObserver",
-           "is_event_stream"]
+__all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "BareHandler", "WSGIApp",
+           "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream"]
 
 # What `respond()` and `upgrade()` may return: a responder made for the request on this
 # connection, or an answer the Steward writes with a BareResponder.
@@ -58,6 +70,29 @@ NO_WEBSOCKETS = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-
 
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+
+
+class BareHandler(Protocol):
+    """A bare handler (`BareServer(handler=...)`): called once per request on the loop, it
+    returns the answer (typically a CustomResponder, or a responder made for the request), or
+    None for "not yet" (it is called again on a later pass)."""
+
+    def __call__(self, request: Request, /) -> Optional[Answer]: ...
+
+
+class Upgrade(Protocol):
+    """The WebSocket handshake a server resolves once when given `websockets=` (it is
+    websocket.upgrade): switch the steward's connection (Steward.switch) and return None, or
+    return the answer that refuses the request."""
+
+    def __call__(self, steward: Steward, request: Request, /) -> Optional[Answer]: ...
+
+
+class Switched(Hosted, ConnectionHandler, Protocol):
+    """What a connection speaks after `Steward.switch`: its events come there, it stands in the
+    server's stewards, and `start(leftover)` hands it the bytes after the upgrade request."""
+
+    def start(self, leftover: bytes) -> None: ...
 
 
 class TrafficObserver(Protocol):
@@ -83,10 +118,60 @@ class State(enum.Enum):
 
 # The setting that bounds each state (its deadline counts from entering it); None: no deadline
 # of its own (a parked body may ask for one; a closing answer gets a short grace).
-DEADLINES: dict = {State.HANDSHAKE: "handshake_timeout", State.IDLE: "idle_timeout",
-                   State.HEAD: "header_timeout", State.BODY: "body_timeout",
-                   State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
-_DEFAULT = object()  # _expect(state): the deadline the table gives
+DEADLINES: dict[State, Optional[str]] = {
+    State.HANDSHAKE: "handshake_timeout", State.IDLE: "idle_timeout",
+    State.HEAD: "header_timeout", State.BODY: "body_timeout",
+    State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
+_DEFAULT: Any = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
+
+
+class StewardHost(Host, Protocol):
+    """What a Steward uses of its server (serving.BaseServer, which imports this module)."""
+
+    served: int  # responses finished, counted here
+    stewards: set[Hosted]
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def poller(self) -> Optional[Poller]: ...
+    @property
+    def response_settings(self) -> ResponseSettings: ...
+    @property
+    def handler(self) -> Optional[BareHandler]: ...
+    @property
+    def websocket_upgrade(self) -> Optional[Upgrade]: ...
+    @property
+    def websockets(self) -> Mapping[str, Callable[[], Any]]:
+        """What the upgrade reads of the server this Steward hands it: the endpoints (Any:
+        their handlers are websocket's, a module this one never names)."""
+    @property
+    def pool(self) -> Optional[AppPool]: ...
+    @property
+    def stalls(self) -> Optional[StallWatch]: ...
+    @property
+    def access(self) -> Optional[AccessLog]: ...
+    @property
+    def metrics(self) -> Optional[TrafficObserver]: ...
+    @property
+    def timed(self) -> bool: ...
+    @property
+    def sweep_interval(self) -> float: ...
+
+    def trusts(self, peer: object) -> bool: ...
+
+    def drain_left(self) -> float: ...
+
+
+class WSGIHost(StewardHost, Protocol):
+    """What a WSGISteward uses of its server besides (serving.Server)."""
+
+    @property
+    def app(self) -> WSGIApp: ...
+    @property
+    def trusted(self) -> TrustedPeers: ...
+
+    def connection_environ(self, peer: object) -> dict[str, Any]: ...
 
 
 class Steward:
@@ -96,29 +181,34 @@ class Steward:
     Stewards directly, `Server` uses `WSGISteward`.
     """
 
-    # `server` is the serving.BaseServer that accepted the connection (it imports this module).
-    def __init__(self, server: Any, sock: socket.socket, peer):
+    server: StewardHost  # the serving.BaseServer that accepted the connection
+
+    def __init__(self, server: StewardHost, sock: socket.socket, peer: object):
         self.server = server
-        self.settings = server.settings
+        self.settings: Settings = server.settings
         self.requestant = Requestant(server.limits)
         self.responder: Optional[BaseResponder] = None
-        self.deferred = None  # a request whose respond() said "not yet"
-        self.ahead: deque = deque()  # (responder, started) of pipelined requests begun early
+        self.deferred: Optional[Request] = None  # a request whose respond() said "not yet"
+        # (responder, started) of pipelined requests begun early
+        self.ahead: deque[tuple[BaseResponder, bool]] = deque()
         self.unparsed = b""  # received bytes held back while max_pipeline requests wait
         self.started = 0.0  # when the current response began (for the access log)
         self.error: Optional[RequestError] = None  # answered after the requests before it
         self.refused = False  # an error response went out; the connection is closing
         self.eof = False  # the client sent EOF
-        self.continued = None  # the request we sent "100 Continue" for
+        self.continued: Optional[Request] = None  # the request we sent "100 Continue" for
         self.deadline: Optional[float] = None
         self.state = State.IDLE
-        self.protocol = None  # what the connection speaks after switch(), e.g. a WebSocket
+        # what the connection speaks after switch(), e.g. a WebSocket
+        self.protocol: Optional[Switched] = None
         self.peer = peer  # the client: the socket's peer, or what a trusted proxy said
         # PROXY protocol is read only from trusted peers; from others the line is plain HTTP
         # garbage and gets a 400, so nobody can claim an address they do not have.
-        self.proxy_header = (b"" if server.settings.proxy_protocol and server.trusts(peer)
-                             else None)
-        self.connection = Connection(sock, peer, server.poller, self)
+        self.proxy_header: Optional[bytes] = (
+            b"" if server.settings.proxy_protocol and server.trusts(peer) else None)
+        poller = server.poller
+        assert poller is not None  # a server accepts only while open
+        self.connection = Connection(sock, peer, poller, self)
         if self.connection.handshaking:
             self._expect(State.HANDSHAKE)
         else:
@@ -126,17 +216,17 @@ class Steward:
 
     # -- what subclasses provide --------------------------------------------------------------
 
-    def respond(self, request) -> Optional[Answer]:
+    def respond(self, request: Request) -> Optional[Answer]:
         """Return the answer to `request`, typically a `CustomResponder` (or a responder made
         for it on `self.connection`), or None for "not yet": it is asked again on each later
         pass, so an answer can wait for another doer. Runs once per request otherwise. The
         default calls the server's `handler`, or answers 404 when there is none."""
-        handler = getattr(self.server, "handler", None)
+        handler = self.server.handler
         if handler is not None:
             return handler(request)
         return NOT_FOUND
 
-    def upgrade(self, request) -> Optional[Answer]:
+    def upgrade(self, request: Request) -> Optional[Answer]:
         """Answer a WebSocket handshake (`Upgrade: websocket`): switch to the server's endpoint
         for its path and return None, or return the responder that refuses it (404 when the
         path has no endpoint, 400 or 426 for a bad handshake)."""
@@ -145,7 +235,7 @@ class Steward:
             return NO_WEBSOCKETS
         return upgrade(self, request)
 
-    def switch(self, protocol) -> None:
+    def switch(self, protocol: Switched) -> None:
         """This connection now speaks another protocol (the 101 response has been queued).
 
         `protocol` takes the Steward's place: it gets the Connection's events (`received`,
@@ -219,6 +309,7 @@ class Steward:
     def _take_proxy_header(self, data: bytes) -> bytes:
         """PROXY protocol (v1/v2) from a trusted proxy: learn the client's address first, then
         hand the rest to the HTTP parser. A malformed header closes the connection."""
+        assert self.proxy_header is not None  # only called while it is being read
         self.proxy_header += data
         try:
             parsed = parse_proxy_header(self.proxy_header)
@@ -271,14 +362,16 @@ class Steward:
         stalls = self.server.stalls
         try:
             while not connection.closed:
+                # From here on a responder is set (_begin_next returned True), which mypy
+                # cannot follow; the ignores below spare the loop a check it does not need.
                 if self.responder is None and not self._begin_next():
                     break
                 if stalls is None:
-                    state = self.responder.pump()
+                    state = self.responder.pump()  # type: ignore[union-attr]
                 else:
                     previous = stalls.enter(self.responder)
                     try:
-                        state = self.responder.pump()
+                        state = self.responder.pump()  # type: ignore[union-attr]
                     finally:
                         stalls.leave(previous)
                 if state is DONE:
@@ -301,7 +394,7 @@ class Steward:
     def _park(self) -> None:
         """The body said "not yet": let it wake us if it can, else ask it on every pass."""
         self._expect(State.WAITING, None)  # first: a wake may come before park() even returns
-        parked, seconds = self.responder.park(self._wake)
+        parked, seconds = self.responder.park(self._wake)  # type: ignore[union-attr]  # pumped
         if not parked:
             self.server.waiting.add(self)
         elif seconds is not None:
@@ -346,6 +439,7 @@ class Steward:
     def _begin_next(self) -> bool:
         """Start a responder for the oldest complete request, or answer an error; False: wait."""
         requestant = self.requestant
+        responder: Optional[BaseResponder]
         if self.ahead:
             responder, started = self.ahead.popleft()
             self.responder = responder
@@ -403,10 +497,12 @@ class Steward:
         """While an app thread works on a request with a safe method, begin the pipelined
         requests after it that are safe too, on other threads (RFC 9112 §9.3.2): each collects
         its response (up to high_water) until its turn comes to be sent, in order."""
-        pool = getattr(self.server, "pool", None)
+        pool = self.server.pool
         requests = self.requestant.requests
+        # (advance() calls this while self.responder works; its request is set by then)
         if (pool is None or not requests or self.server.closing or self.error is not None
-                or self.responder.request.method not in SAFE_METHODS):
+                or self.responder.request.method  # type: ignore[union-attr]
+                not in SAFE_METHODS):
             return
         while (requests and len(self.ahead) < pool.size and requests[0].upgrade is None
                and requests[0].method in SAFE_METHODS):
@@ -432,7 +528,7 @@ class Steward:
         finally:
             stalls.leave(previous)
 
-    def _responder_for(self, request) -> Optional[BaseResponder]:
+    def _responder_for(self, request: Request) -> Optional[BaseResponder]:
         """The responder for `request` (None: "not yet"); an answer is made into one here."""
         try:
             if request.upgrade is not None and request.upgrade.strip().lower() == "websocket":
@@ -474,7 +570,7 @@ class Steward:
             return False
         return True
 
-    def _check_expectation(self, request) -> bool:
+    def _check_expectation(self, request: Request) -> bool:
         """Expect: 100-continue gets "100 Continue" once its turn comes; anything else 417."""
         expect = request.header("expect")
         if expect is None or request is self.continued:
@@ -554,13 +650,13 @@ def _unread_bytes(sock: socket.socket) -> int:
     return int.from_bytes(buffer, sys.byteorder)
 
 
-def is_event_stream(responder: Optional[BaseResponder]) -> bool:
+def is_event_stream(responder: Optional[BaseResponder]) -> TypeGuard[BaseResponder]:
     """A response that is an open-ended event stream, its head out and its body parked."""
     if responder is None or not responder.head_sent or responder.working:
         return False
     for name, value in responder.headers:
         if name.lower() == "content-type":
-            return value.lower().startswith("text/event-stream")
+            return bool(value.lower().startswith("text/event-stream"))
     return False
 
 
@@ -579,11 +675,14 @@ class _Unparsed:
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
 
-    def __init__(self, server: Any, sock: socket.socket, peer):
-        super().__init__(server, sock, peer)
-        self.environ_base: Optional[dict] = None  # made on the first request: after PROXY
+    server: WSGIHost  # the serving.Server that accepted the connection
 
-    def respond(self, request) -> BaseResponder:
+    def __init__(self, server: WSGIHost, sock: socket.socket, peer: object):
+        super().__init__(server, sock, peer)
+        # made on the first request: after PROXY
+        self.environ_base: Optional[dict[str, Any]] = None
+
+    def respond(self, request: Request) -> BaseResponder:
         if self.environ_base is None:
             self.environ_base = self.server.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)

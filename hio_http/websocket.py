@@ -33,7 +33,7 @@ import binascii
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence, Union
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -43,10 +43,12 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
+from .hosting import Host
+from .net import Connection
+from .requesting import Request
+from .framing import BaseResponder
 from .responding import CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
-
-from .requesting import Request
 
 __all__ = ["WebSocketHandler", "WebSocketSession", "Room", "upgrade"]
 
@@ -150,9 +152,30 @@ class Room:
             return iter(list(self._members))
 
 
-# `steward` and `server` below are stewarding.Steward and serving.BaseServer: the layer above,
-# which hands the handshake to this module by name (serving.WEBSOCKET_UPGRADE).
-def upgrade(steward: Any, request: Request) -> Optional[CustomResponder]:
+class UpgradeHost(Host, Protocol):
+    """What the handshake uses of the server (serving.BaseServer, a layer above, which hands
+    the handshake to this module by name: serving.WEBSOCKET_UPGRADE)."""
+
+    @property
+    def websockets(self) -> Mapping[str, Callable[[], WebSocketHandler]]:
+        """The endpoints: path -> a factory of handlers (typically the handler class)."""
+
+
+class UpgradingSteward(Protocol):
+    """What the handshake uses of the Steward that met the upgrade request (stewarding.Steward,
+    which calls `upgrade` as its stewarding.Upgrade)."""
+
+    @property
+    def server(self) -> UpgradeHost: ...
+
+    @property
+    def connection(self) -> Connection: ...
+
+    def switch(self, protocol: WebSocketSession) -> None:
+        """The connection speaks WebSocket now: `protocol` takes the Steward's place."""
+
+
+def upgrade(steward: UpgradingSteward, request: Request) -> Optional[CustomResponder]:
     """Answer a WebSocket upgrade request: switch `steward`'s connection to a session of the
     endpoint for the path and return None, or return the answer that refuses it."""
     server = steward.server
@@ -218,7 +241,7 @@ class WebSocketSession:
     `connection`); to the Connection it is the handler of its events.
     """
 
-    def __init__(self, server: Any, connection, protocol: FrameConnection,
+    def __init__(self, server: Host, connection: Connection, protocol: FrameConnection,
                  handler: WebSocketHandler, request: Request, compressed: bool = False):
         self.server = server
         self.settings = server.settings
@@ -252,6 +275,9 @@ class WebSocketSession:
 
     # -- Connection events ------------------------------------------------------------------------
 
+    def connected(self) -> None:
+        """Only a TLS handshake ends in this event, and it ended before the upgrade request."""
+
     def received(self, data: bytes) -> None:
         if not self.parsing:
             return  # after a failure or the closing handshake nothing more is read
@@ -281,9 +307,7 @@ class WebSocketSession:
             self.outbox.clear()
             self.outbox_bytes = 0
         self.server.waiting.discard(self)
-        # A session stands in for its Steward among the server's (Steward.switch), which
-        # forget() is not yet typed to accept.
-        self.server.forget(self)  # type: ignore[arg-type]
+        self.server.forget(self)
 
     # -- the server's side ------------------------------------------------------------------------
 

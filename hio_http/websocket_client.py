@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -35,7 +35,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .client_session import Headers, Link, Session, header_list
+from .client_session import Headers, Link, Session, StreamClient, header_list
 from .grammar import is_token
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
@@ -70,6 +70,20 @@ class HandshakeError(ClientError):
         self.body = body
 
 
+class UpgradingClient(StreamClient, Protocol):
+    """What a WebSocketClient uses of the client that opens it (clienting.Client, which imports
+    this module)."""
+
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def authority(self) -> str: ...
+    @property
+    def opened(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+
+
 class WebSocketClient:
     """A WebSocket on a connection of its own, opened through `client` (its origin, TLS
     settings, default headers, timeouts and Poller): `client.websocket(path)` or
@@ -90,8 +104,7 @@ class WebSocketClient:
     Everything runs on the loop's thread; like the rest of the client it is not thread-safe.
     """
 
-    # `client` is the clienting.Client that opened the WebSocket (it imports this module).
-    def __init__(self, client: Any, path: str, subprotocols: Sequence[str] = (),
+    def __init__(self, client: UpgradingClient, path: str, subprotocols: Sequence[str] = (),
                  headers: Headers = None, compression: bool = True,
                  max_message: int = 1024 * 1024,
                  on_message: Optional[Callable[[Message], None]] = None,

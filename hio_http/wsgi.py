@@ -11,13 +11,13 @@ import logging
 import os
 import stat
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol, Union
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
     from .requesting import Request
 
-__all__ = ["Environ", "ExcInfo", "StartResponse", "App", "Readable", "ErrorStream",
+__all__ = ["Environ", "ExcInfo", "StartResponse", "WSGIApp", "Readable", "ErrorStream",
            "FileWrapper", "regular_file_span", "environ_key", "build_environ"]
 
 wsgi_logger = logging.getLogger("hio_http.wsgi")
@@ -25,18 +25,25 @@ wsgi_logger = logging.getLogger("hio_http.wsgi")
 # PEP 3333's environ: str keys, values of many kinds (str, a file, bools, a tuple, callables),
 # which the app reads as it knows them; hence Any.
 Environ = dict[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType]  # sys.exc_info() in an except
+# What sys.exc_info() returns
+ExcInfo = Union[tuple[type[BaseException], BaseException, Optional[TracebackType]],
+                tuple[None, None, None]]
 
 
 class StartResponse(Protocol):
-    """start_response(status, headers, exc_info=None) -> write (PEP 3333)."""
+    """PEP 3333's start_response: status, headers, exc_info; returns the legacy write().
+    (The shape of the stdlib's wsgiref.types.StartResponse, which Python 3.10 lacks.)"""
 
     def __call__(self, status: str, headers: list[tuple[str, str]],
-                 exc_info: Optional[ExcInfo] = None, /) -> Callable[[bytes], None]: ...
+                 exc_info: Optional[ExcInfo] = None, /) -> Callable[[bytes], object]: ...
 
 
-# An app returns an iterable of body items: bytes, or any bytes-like object (checked as sent).
-App = Callable[[Environ, StartResponse], Iterable[object]]
+class WSGIApp(Protocol):
+    """A WSGI application (PEP 3333), as `Server(app)` calls it: it returns an iterable of body
+    items, bytes or any bytes-like object (checked as sent); an item of b"" means "not yet"."""
+
+    def __call__(self, environ: Environ, start_response: StartResponse, /
+                 ) -> Iterable[object]: ...
 
 
 class Readable(Protocol):

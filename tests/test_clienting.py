@@ -917,3 +917,20 @@ def test_client_daemon_example_polls_its_own_server():
     assert len(polls) >= 4
     assert "{'hits': 1}" in polls[0] and "{'hits': 4}" in polls[3]
     assert lines[-1] == "done; the client opened 1 connection(s)"
+
+
+def test_a_client_moves_to_a_doers_clock_with_its_connection_up():
+    """Its connection is ready (no deadline of its own) and its next request still has one."""
+    with serve_in_thread(echo_app) as server:
+        client = Client(server.url, timeout=2.0)
+        first = client.get("/first")
+        client.run_until(first, timeout=5)
+        doist = Doist(tock=0.01, real=True, limit=5.0, doers=[ClientDoer(client)])
+        doist.enter()  # the ClientDoer sets the client on the Doist's tyme
+        second = client.get("/second")
+        while not second.done and doist.tyme < 5.0:
+            doist.recur()
+        doist.exit()
+        assert second.json()["path"] == "/second"
+        assert client.connections_opened == 1  # the same keep-alive connection
+        client.close()

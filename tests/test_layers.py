@@ -17,7 +17,7 @@ LAYERS = {
     4: ["grammar"],
     5: ["requesting", "framing", "wsgi", "responding", "compression", "client_parsing",
         "client_bodies", "proxying", "accesslog", "websocket_frames", "pool"],
-    6: ["threaded", "settings", "client_response"],
+    6: ["threaded", "settings", "client_response", "hosting"],
     7: ["client_session", "sse", "static", "websocket"],
     8: ["stewarding", "serving"],
     9: ["client_events", "websocket_client", "clienting"],
