@@ -15,7 +15,7 @@ LAYERS = {
     2: ["polling", "stalls", "doing"],
     3: ["net"],
     4: ["grammar"],
-    5: ["requesting", "responding", "compression", "client_parsing", "client_bodies", "proxying",
+    5: ["chunked", "requesting", "responding", "compression", "client_parsing", "client_bodies", "proxying",
         "accesslog", "websocket_frames", "pool"],
     6: ["threaded", "settings", "client_response"],
     7: ["client_session", "sse", "static", "websocket"],
