@@ -194,7 +194,10 @@ class Requestant:
         if type(data) is not bytes:
             data = bytes(data)  # we may keep a reference; a caller's buffer may change
         if self._bypass is not None:
-            data = self._bypass(data)
+            rest = self._bypass(data)
+            if rest is None:
+                return
+            data = rest  # what followed a chunked body
         while data:
             phase = self._phase
             self._remember_head_start(data)
@@ -211,8 +214,11 @@ class Requestant:
                     self._parser_failed(exc)
                     return
                 # A chunked head ended in `data`: its body is the decoder's.
-                data = self._start_chunked(
+                rest = self._start_chunked(
                     data[self._head_end(data, phase, self._sections - sections, received):])
+                if rest is None:
+                    return
+                data = rest
                 continue
             if self._phase == _HEAD:
                 self._count_open_section(len(data), self._sections - sections, phase == _IDLE,
@@ -335,7 +341,8 @@ class Requestant:
         """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
         threshold = self.limits.spill_threshold
         if chunked or (length is not None and length > threshold):
-            return tempfile.SpooledTemporaryFile(max_size=threshold)
+            # A binary file, which typeshed does not declare a BinaryIO.
+            return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=threshold))
         return io.BytesIO()
 
     def _split_target(self, target: str, method: str) -> tuple[str, str]:
