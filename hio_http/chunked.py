@@ -26,6 +26,8 @@ _BWS = r"[ \t]*"
 _CHUNK_LINE = re.compile(
     rf"([0-9A-Fa-f]+)(?:{_BWS};{_BWS}{TOKEN_PATTERN}"
     rf"(?:{_BWS}={_BWS}(?:{TOKEN_PATTERN}|{QUOTED_STRING_PATTERN}))?)*".encode("latin-1"))
+# The CRLF after chunk data and a chunk line of hex digits alone: the usual next chunk.
+_NEXT_SIZE = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r\n")
 _FIELD_LINE = re.compile(rf"({TOKEN_PATTERN}):({FIELD_TEXT_PATTERN})".encode("latin-1"))
 
 # Fields that frame a message: in a trailer section they come too late, and a hop that
@@ -90,35 +92,40 @@ class ChunkedDecoder:
                 position = self._trailer_line(data, position)
                 if self._state == _DONE:
                     break
-        if pieces:
-            self._write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if len(pieces) == 1 or len(data) > len(pieces) * 4096:
+            for piece in pieces:  # large chunks: no copy but the body's own
+                self._write(piece)
+        elif pieces:
+            self._write(b"".join(pieces))  # small ones: one write, not one each
         return position if self._state == _DONE else -1
 
     def _data(self, data: bytes, view: memoryview, position: int,
               pieces: list[memoryview]) -> int:
-        """Chunk data, then as many chunks as follow whole with a plain size line (the usual
-        case) without going round `feed`'s loop: "CRLF hex-digits CRLF" and the next data."""
+        """Chunk data; then, without going round `feed`'s loop, every further chunk that
+        follows whole behind a line of hex digits alone (the usual case)."""
         end = len(data)
         left = self._left
+        room = self._max_body - self.size  # data the limit still allows after this chunk
+        next_size = _NEXT_SIZE.match
         while True:
             stop = position + left
-            if stop > end:
+            if stop > end:  # the chunk goes on in the next feed
                 pieces.append(view[position:])
                 self._left = stop - end
-                return end
+                stop = end
+                break
             pieces.append(view[position:stop])
-            newline = data.find(b"\n", stop + 3, stop + 20)  # CRLF, 1 to 16 digits, CR
-            if newline < 0 or data[stop:stop + 2] != b"\r\n" or data[newline - 1] != 13:
+            match = next_size(data, stop)
+            if match is None:  # a part line, extensions, or bad bytes: the general way
+                self._state, self._left = _DATA_END, 2
                 break
-            digits = data[stop + 2:newline - 1]
-            if digits.lstrip(_HEX_DIGITS):
+            left = int(match[1], 16)
+            if not left or left > room:  # the last chunk, or past the limit: the same
+                self._state, self._left = _DATA_END, 2
                 break
-            left = int(digits, 16)
-            if not left or self.size + left > self._max_body:
-                break  # the last chunk, or a size over the limit: the general way
-            self.size += left
-            position = newline + 1
-        self._state, self._left = _DATA_END, 2
+            room -= left
+            position = match.end()
+        self.size = self._max_body - room
         return stop
 
     def _chunk_line(self, data: bytes, position: int) -> int:

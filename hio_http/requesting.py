@@ -57,7 +57,6 @@ _LLHTTP_REASONS: dict[str, tuple[int, str]] = {
     "Invalid character in Content-Length": (400, "invalid Content-Length"),
     "Empty Content-Length": (400, "invalid Content-Length"),
     "Content-Length overflow": (413, "request body too large"),
-    "Chunk size overflow": (413, "request body too large"),
 }
 _AFTER_CLOSE = "Data after `Connection: close`"
 
