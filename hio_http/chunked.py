@@ -51,8 +51,8 @@ class ChunkedError(Exception):
 class ChunkedDecoder:
     """Decodes one chunked body from bytes fed in pieces of any size.
 
-    Chunk data goes to `write` (once per feed at most); trailer fields are appended to
-    `trailers`. `max_body` bounds the data (413), checked as each chunk line announces its
+    Chunk data goes to `write` (small chunks joined into one write per feed); trailer fields
+    are appended to `trailers`. `max_body` bounds the data (413), checked as each chunk line announces its
     size; `max_trailer_bytes` and `max_trailer_count` bound the trailer section (431).
     """
 

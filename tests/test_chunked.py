@@ -156,12 +156,15 @@ def test_chunked_framing_outside_the_grammar_gets_400_and_close(server, chunked)
     assert requests.get(server.url, timeout=5).status_code == 200  # the rest still served
 
 
-def test_chunk_size_past_max_body_gets_413_before_its_data(serve):
-    server = serve(echo_app, max_body=1000)
+@pytest.mark.parametrize("size", [b"3e9 ; big", b"1" + b"0" * 20, b"f" * 64],
+                         ids=["just past", "past 64 bits", "64 digits"])
+def test_chunk_size_past_max_body_gets_413_before_its_data(serve, size):
+    server = serve(echo_app, max_body=1000)  # 0x3e9 is 1001
     sock = raw_connect(server)
-    sock.sendall(HEAD + b"3e9 ; big\r\n")  # 1001 bytes announced; none sent
+    sock.sendall(HEAD + size + b"\r\n")  # no data follows: the size alone is refused
     response = read_until_closed(sock)
     assert response.startswith(b"HTTP/1.1 413 "), response[:200]
+    assert b"\r\nConnection: close" in response.partition(b"\r\n\r\n")[0]
 
 
 # ---- any chunking and spacing of a body gives that body ----
