@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["TOKEN", "BYTES_LIKE", "is_token", "check_field", "header_text"]
+__all__ = ["TOKEN", "TOKEN_PATTERN", "QUOTED_STRING_PATTERN", "FIELD_TEXT_PATTERN", "BYTES_LIKE",
+           "is_token", "check_field", "header_text"]
 
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 §5.6.2
+# Regular-expression sources, for the patterns of the modules that read these rules in context.
+TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 §5.6.2
+# RFC 9110 §5.6.4: qdtext or quoted-pair, obs-text included (latin-1 above 0x7f).
+QUOTED_STRING_PATTERN = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# RFC 9110 §5.5: the bytes a field value may hold, with the whitespace around it.
+FIELD_TEXT_PATTERN = r"[\t \x21-\x7e\x80-\xff]*"
+
+TOKEN = re.compile(TOKEN_PATTERN + r"\Z")
 BYTES_LIKE = (bytes, bytearray, memoryview)
 
 

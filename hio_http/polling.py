@@ -10,12 +10,28 @@ from __future__ import annotations
 import select
 import selectors
 import socket
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
+
+from .timing import Tymth
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike  # a descriptor, or an object with fileno()
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
-Callback = Callable[[int], None]  # called with the ready event mask (READ | WRITE)
+Callback = Callable[[int], object]  # called with the ready event mask (READ | WRITE)
+Ready = list[tuple[selectors.SelectorKey, int]]  # what select() found: (key, mask) pairs
+
+
+class LoopComponent(Protocol):
+    """A server or client with sockets, as join_loop sees it."""
+
+    poller: Optional[Poller]
+    owns_poller: bool  # it made its Poller itself, on open()
+    opened: bool
+
+    def open(self) -> object: ...
 
 # epoll events that make a file READ or WRITE ready, as the selectors module counts them: an
 # error or hang-up wakes both, so that whoever waits sees it on its next call.
@@ -30,7 +46,7 @@ def _ignore(mask: int) -> None:
 class Poller:
     """Registers files for READ/WRITE readiness and dispatches callbacks when they are ready."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         # A socket pair whose far end wake() writes to: the selector sees it readable.
         self._alarm, self._bell = socket.socketpair()
@@ -40,31 +56,36 @@ class Poller:
         self._rung = False  # a byte is on its way: a further wake() need not write another
         # On epoll, select() asks it directly: the selectors module's own select() costs more
         # Python work per wait than the rest of a Doist's turn. Registration stays with it.
-        self._epoll = (self._selector._selector
-                       if type(self._selector) is selectors.EpollSelector else None)
-        self._keys = self._selector._fd_to_key if self._epoll is not None else None
+        # Both are private attributes of EpollSelector, so typeshed does not know them.
+        epoll = isinstance(self._selector, selectors.EpollSelector)
+        self._epoll: Optional[select.epoll] = (getattr(self._selector, "_selector")
+                                               if epoll else None)
+        self._keys: dict[int, selectors.SelectorKey] = (getattr(self._selector, "_fd_to_key")
+                                                        if epoll else {})
 
-    def register(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
+    def register(self, fileobj: FileDescriptorLike, events: int,
+                 callback: Optional[Callback] = None) -> None:
         """Watch `fileobj` for `events`; call `callback(mask)` when ready.
 
         Without a callback the file only wakes the loop, so that the doers waiting on it run.
         """
         self._selector.register(fileobj, events, callback or _ignore)
 
-    def modify(self, fileobj, events: int, callback: Optional[Callback] = None) -> None:
+    def modify(self, fileobj: FileDescriptorLike, events: int,
+               callback: Optional[Callback] = None) -> None:
         """Change the events (and optionally the callback) of a registered file."""
         if callback is None:
             callback = self._selector.get_key(fileobj).data
         self._selector.modify(fileobj, events, callback)
 
-    def unregister(self, fileobj) -> None:
+    def unregister(self, fileobj: FileDescriptorLike) -> None:
         """Stop watching `fileobj`; a file that is not registered is ignored."""
         try:
             self._selector.unregister(fileobj)
         except (KeyError, ValueError):
             pass
 
-    def registered(self, fileobj) -> bool:
+    def registered(self, fileobj: FileDescriptorLike) -> bool:
         try:
             self._selector.get_key(fileobj)
         except (KeyError, ValueError):
@@ -83,7 +104,7 @@ class Poller:
         """
         return self.dispatch(self.select(timeout))
 
-    def select(self, timeout: Optional[float] = 0.0) -> list:
+    def select(self, timeout: Optional[float] = 0.0) -> Ready:
         """The waiting half of `poll`: the ready (key, mask) pairs, not yet dispatched."""
         if timeout is not None and timeout < 0:
             timeout = 0.0
@@ -94,7 +115,7 @@ class Poller:
             ready = self._epoll.poll(-1 if timeout is None else timeout, len(keys) or 1)
         except InterruptedError:
             return []
-        events = []
+        events: Ready = []
         for fd, event in ready:
             key = keys.get(fd)
             if key is not None:
@@ -102,7 +123,7 @@ class Poller:
                 events.append((key, mask & key.events))
         return events
 
-    def dispatch(self, events: list) -> int:
+    def dispatch(self, events: Ready) -> int:
         """The other half of `poll`: run the callback of each ready file."""
         for key, mask in events:
             key.data(mask)
@@ -148,12 +169,13 @@ class Poller:
         self._bell.close()
 
 
-def poller_of(tymth) -> Optional[Poller]:
+def poller_of(tymth: Optional[Tymth]) -> Optional[Poller]:
     """The Poller of the Doist whose tymth this is, or None under a scheduler without one."""
-    return getattr(tymth, "poller", None)
+    poller = getattr(tymth, "poller", None)
+    return poller if isinstance(poller, Poller) else None
 
 
-def join_loop(component, tymth) -> Optional[Poller]:
+def join_loop(component: LoopComponent, tymth: Optional[Tymth]) -> Optional[Poller]:
     """Put a component with sockets (`poller`, `owns_poller`, `opened`, `open()`) on the Poller
     of the Doist whose tymth this is: one not yet open shares it; one already open on a Poller
     of its own gets that Poller nested, so its sockets still wake the Doist. Returns the nested
@@ -163,13 +185,13 @@ def join_loop(component, tymth) -> Optional[Poller]:
         if shared is not None and component.poller is None:
             component.poller = shared
         component.open()
-    elif shared is not None and component.owns_poller:
+    elif shared is not None and component.owns_poller and component.poller is not None:
         shared.nest(component.poller)
         return component.poller
     return None
 
 
-def leave_loop(nested: Optional[Poller], tymth) -> None:
+def leave_loop(nested: Optional[Poller], tymth: Optional[Tymth]) -> None:
     """Undo the nesting `join_loop` did, if any."""
     shared = poller_of(tymth)
     if nested is not None and shared is not None:

@@ -12,6 +12,8 @@ import ipaddress
 import re
 from typing import Iterable, NamedTuple, Union
 
+from .grammar import QUOTED_STRING_PATTERN, TOKEN_PATTERN
+
 __all__ = ["FORWARDING_KEYS", "PEER_KEY", "ProxyProtocolError", "TrustedPeers",
            "apply_forwarding", "parse_proxy_header"]
 
@@ -361,11 +363,9 @@ def _canonical(text: str) -> str | None:
         return None
 
 
-# RFC 9110 §5.6.2 token and §5.6.4 quoted-string (with obs-text, as header values are
-# latin-1 decoded in the environ).
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-_PAIR = re.compile(rf"({_TOKEN})=({_TOKEN}|{_QUOTED})")
+# token = quoted-string pairs (obs-text included, as header values are latin-1 decoded in
+# the environ).
+_PAIR = re.compile(rf"({TOKEN_PATTERN})=({TOKEN_PATTERN}|{QUOTED_STRING_PATTERN})")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 

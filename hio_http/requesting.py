@@ -11,9 +11,11 @@ import collections
 import io
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, cast
 
 import httptools
+
+from .chunked import ChunkedDecoder, ChunkedError
 
 __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 
@@ -21,22 +23,23 @@ __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 # -------------------
 # llhttp scans the bytes and calls back: message_begin, url (in pieces), header (one call
 # per field line, once httptools has the whole value), headers_complete, body (pieces),
-# chunk_header, message_complete. A Requestant is in one phase at a time:
+# message_complete. A Requestant is in one phase at a time:
 #
 #   _IDLE --begin--> _HEAD --headers_complete--> _BODY --message_complete--> _IDLE
-#                                                _BODY <--body-- _TRAILER <--chunk_header--
+#                                       \--(chunked)--> _CHUNKED --last CRLF--> _IDLE
 #
-# _TRAILER means "a chunk-size line was read and no data has followed yet": either the
-# data of a chunk is still to come or the trailer section of the last chunk is arriving.
-# Limits are counted in the callbacks; the HEAD and TRAILER sections are also counted by
-# raw bytes across feed() calls, because httptools keeps a field line in its own buffer
-# until the line ends and would otherwise let "X: aaaa..." grow without bound.
-# When the HTTP/1 stream ends (an error, an upgrade, a "Connection: close" request) feed()
-# stops using llhttp and hands later bytes to `_after_end`.
+# A chunked body is not llhttp's: it refuses the whitespace RFC 9112 §7.1.1 allows in chunk
+# extensions. So headers_complete of a chunked request stops llhttp (by raising; httptools
+# has no pause), feed() finds where the head ended in the bytes (llhttp gives no offsets;
+# `_head_end`), and a ChunkedDecoder reads the body and its trailers. The bytes after the
+# body go to a fresh llhttp parser. Requests without a chunked body never meet the decoder.
+# Limits are counted in the callbacks; the HEAD section is also counted by raw bytes across
+# feed() calls, because httptools keeps a field line in its own buffer until the line ends
+# and would otherwise let "X: aaaa..." grow without bound.
+# Bytes that llhttp must not see go to `_bypass`: a chunked body's, and all of them once
+# the HTTP/1 stream ends (an error, an upgrade, a "Connection: close" request).
 
-_IDLE, _HEAD, _BODY, _TRAILER = range(4)
-
-MAX_CHUNK_LINE = 8192  # bytes of one chunk-size line with its extensions (ours, not llhttp's)
+_IDLE, _HEAD, _BODY, _CHUNKED = range(4)
 
 # llhttp rejects these itself; its reason string tells us which status to answer with.
 # Anything else llhttp rejects is a 400 that quotes llhttp's (fixed, client-free) reason.
@@ -54,7 +57,6 @@ _LLHTTP_REASONS: dict[str, tuple[int, str]] = {
     "Invalid character in Content-Length": (400, "invalid Content-Length"),
     "Empty Content-Length": (400, "invalid Content-Length"),
     "Content-Length overflow": (413, "request body too large"),
-    "Chunk size overflow": (413, "request body too large"),
 }
 _AFTER_CLOSE = "Data after `Connection: close`"
 
@@ -87,6 +89,10 @@ class RequestError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status} {self.message}"
+
+
+class _StopParser(Exception):
+    """Raised in a callback to stop llhttp where it is: httptools has no pause."""
 
 
 @dataclass(frozen=True)
@@ -146,31 +152,30 @@ class Requestant:
 
     __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
                  "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_head_start", "_after_end", "_failure",
-                 "_progress", "_framing")
+                 "_sections", "_raw_bytes", "_head_start", "_head_tail", "_bypass",
+                 "_failure", "_received", "_decoder")
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits if limits is not None else Limits()
         self.requests: collections.deque[Request] = collections.deque()
         self.current: Request | None = None
         self.leftover = b""  # bytes after an upgrade request's head, for the next protocol
-        self._parser = httptools.HttpRequestParser(self)
-        # Any version number gets through llhttp, so that HTTP/1.x with x > 1 is served as
-        # HTTP/1.1 (RFC 9112 §2.3); _head_to_request answers 505 for other majors.
-        self._parser.set_dangerous_leniencies(lenient_version=True)
+        self._parser = self._new_parser()
         self._phase = _IDLE
         self._request: Request | None = None
         self._url_parts: list[bytes] = []
         self._fields: list[tuple[str, str]] = []
         self._line_bytes = 0    # request line so far: method, target, SP SP HTTP/x.y CRLF
         self._field_bytes = 0   # field lines of the current section, as reported
-        self._sections = 0      # head/trailer sections begun, to spot one spanning feeds
+        self._sections = 0      # heads begun, to spot one spanning feeds
         self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
-        self._after_end: Callable[[bytes], None] | None = None
+        self._head_tail = b""  # the last bytes fed while a head was open (_head_end)
+        # Takes the bytes llhttp must not see; returns those after a chunked body, for llhttp.
+        self._bypass: Callable[[bytes], bytes | None] | None = None
         self._failure: BaseException | None = None
-        self._progress = 0  # body data or chunk headers seen: a chunked body is moving
-        self._framing = 0  # bytes fed inside a chunked body without any such progress
+        self._received = 0  # body bytes llhttp has handed over, all requests together
+        self._decoder: ChunkedDecoder | None = None
 
     # ---- public API ----
 
@@ -187,29 +192,38 @@ class Requestant:
         """
         if type(data) is not bytes:
             data = bytes(data)  # we may keep a reference; a caller's buffer may change
-        if self._after_end is not None:
-            self._after_end(data)
+        if self._bypass is not None:
+            rest = self._bypass(data)
+            if rest is None:
+                return
+            data = rest  # what followed a chunked body
+        while data:
+            phase = self._phase
+            self._remember_head_start(data)
+            sections, line_bytes = self._sections, self._line_bytes
+            line_unsure = phase == _HEAD and not self._fields  # may end in this feed
+            received = self._received
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._switch_protocols(data, upgrade.args[0])
+                return
+            except httptools.HttpParserError as exc:
+                if self._phase != _CHUNKED:
+                    self._parser_failed(exc)
+                    return
+                # A chunked head ended in `data`: its body is the decoder's.
+                rest = self._start_chunked(
+                    data[self._head_end(data, phase, self._sections - sections, received):])
+                if rest is None:
+                    return
+                data = rest
+                continue
+            if self._phase == _HEAD:
+                self._count_open_section(len(data), self._sections - sections, phase == _IDLE,
+                                         line_bytes, line_unsure)
+                self._head_tail = (self._head_tail + data[-3:])[-3:]
             return
-        if not data:
-            return
-        idle = self._phase == _IDLE
-        self._remember_head_start(data)
-        sections, line_bytes = self._sections, self._line_bytes
-        line_unsure = self._phase == _HEAD and not self._fields  # may end in this feed
-        progress = self._progress
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._switch_protocols(data, upgrade.args[0])
-            return
-        except httptools.HttpParserError as exc:
-            self._parser_failed(exc)
-            return
-        if self._phase == _HEAD or self._phase == _TRAILER:
-            self._count_open_section(len(data), self._sections - sections, idle, line_bytes,
-                                     line_unsure)
-        elif self._phase == _BODY and self._request is not None and self._request.chunked:
-            self._count_chunk_framing(len(data), progress)
 
     def close(self) -> None:
         """Release the bodies (maybe temporary files) of unfinished and queued requests.
@@ -250,33 +264,26 @@ class Requestant:
         self._field_bytes += len(name) + len(value) + 4  # as if sent "name: value\r\n"
         limits = self.limits
         if self._field_bytes > limits.max_header_bytes or len(fields) > limits.max_header_count:
-            self._fail(431, self._section_message())
+            self._fail(431, "request header section too large")
 
     def on_headers_complete(self) -> None:
         request = self._head_to_request()
         self._request = self.current = request
         self._phase = _BODY
+        if request.chunked and request.upgrade is None:  # an upgrade leaves the body unread
+            self._phase = _CHUNKED
+            raise _StopParser  # llhttp must not read the chunked body; feed() takes over
 
     def on_body(self, piece: bytes) -> None:
-        self._phase = _BODY  # data after a chunk-size line: not a trailer section
-        self._progress += 1
-        request = self._request
+        # Content-Length was checked against max_body up front: the body cannot exceed it.
+        size = len(piece)
+        self._received += size
+        request: Request = self._request  # type: ignore[assignment]  # llhttp is in a body
         request.body.write(piece)
-        request.body_size += len(piece)
-        if request.body_size > self.limits.max_body:
-            # Content-Length was checked up front; this stops an endless chunked body.
-            self._fail(413, "request body too large")
-
-    def on_chunk_header(self) -> None:
-        # Maybe the last chunk, whose trailer fields then land in `trailers`.
-        self._progress += 1
-        self._phase = _TRAILER
-        self._sections += 1
-        self._fields = self._request.trailers
-        self._field_bytes = 0
+        request.body_size += size
 
     def on_message_complete(self) -> None:
-        request = self._request
+        request: Request = self._request  # type: ignore[assignment]  # a message just ended
         request.body.seek(0)
         request.complete = True
         self.requests.append(request)
@@ -333,7 +340,8 @@ class Requestant:
         """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
         threshold = self.limits.spill_threshold
         if chunked or (length is not None and length > threshold):
-            return tempfile.SpooledTemporaryFile(max_size=threshold)
+            # A binary file, which typeshed does not declare a BinaryIO.
+            return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=threshold))
         return io.BytesIO()
 
     def _split_target(self, target: str, method: str) -> tuple[str, str]:
@@ -404,22 +412,83 @@ class Requestant:
             self._fail(413, "request body too large")
         return length
 
+    # ---- chunked bodies ----
+
+    def _head_end(self, data: bytes, phase: int, begun: int, received: int) -> int:
+        """Where in `data` the head that llhttp has just completed ends.
+
+        llhttp gives no offsets, so they are found again from what it refused and reported:
+        a head holds no CR or LF but its line ends, so it ends at its first empty line (and
+        starts after any empty lines before it); a request completed earlier in this feed had
+        exactly its Content-Length of body. `phase` is the phase when the feed began, `begun`
+        how many heads began in it, `received` the body bytes handed over before it.
+        """
+        count = begun - 1 if phase == _IDLE else begun  # requests completed before this head
+        earlier = [self.requests[index] for index in range(len(self.requests) - count,
+                                                           len(self.requests))]
+        position = 0
+        if phase == _HEAD:  # the feed began inside a head: the first line end completes it
+            tail = self._head_tail
+            position = (tail + data).index(b"\r\n\r\n") + 4 - len(tail)
+            self._head_tail = b""
+            if not earlier:
+                return position
+            position += earlier.pop(0).content_length or 0
+        elif phase == _BODY:  # inside a Content-Length body: its rest is what the others lack
+            earlier.pop(0)
+            position = self._received - received - sum(
+                request.content_length or 0 for request in earlier)
+        for request in earlier + [None]:
+            while data[position:position + 1] in (b"\r", b"\n"):  # llhttp skips empty lines
+                position += 1
+            position = data.index(b"\r\n\r\n", position) + 4
+            if request is not None:
+                position += request.content_length or 0
+        return position
+
+    def _start_chunked(self, data: bytes) -> bytes | None:
+        """Hand the bytes after a chunked head to a new ChunkedDecoder."""
+        request: Request = self._request  # type: ignore[assignment]  # its head just ended
+        limits = self.limits
+        self._decoder = ChunkedDecoder(request.body.write, request.trailers, limits.max_body,
+                                       limits.max_header_bytes, limits.max_header_count)
+        self._parser = self._new_parser()  # the stopped one cannot go on
+        self._bypass = self._feed_chunked
+        return self._feed_chunked(data)
+
+    def _feed_chunked(self, data: bytes) -> bytes | None:
+        """Decode body bytes; once the body ends, finish the request and return what follows
+        it (for llhttp), or None when nothing does or the HTTP/1 stream ended with it."""
+        decoder: ChunkedDecoder = self._decoder  # type: ignore[assignment]  # in a body
+        request: Request = self._request  # type: ignore[assignment]
+        try:
+            end = decoder.feed(data)
+        except ChunkedError as error:
+            raise self._die(RequestError(error.status, error.message)) from None
+        request.body_size = decoder.size
+        if end < 0:
+            return None
+        self._decoder = self._bypass = None
+        self.on_message_complete()
+        rest = data[end:]
+        if not request.keep_alive:
+            # RFC 9112 §9.6: nothing after a "close" request is processed (as llhttp does).
+            self._bypass = _discard
+            return None
+        return rest
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # Any version number gets through llhttp, so that HTTP/1.x with x > 1 is served as
+        # HTTP/1.1 (RFC 9112 §2.3); _head_to_request answers 505 for other majors.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
+
     # ---- limits that span feeds ----
-
-    def _section_message(self) -> str:
-        return f"request {'header' if self._phase == _HEAD else 'trailer'} section too large"
-
-    def _count_chunk_framing(self, size: int, progress: int) -> None:
-        """llhttp reads chunk extensions without a bound and reports nothing while it does: an
-        endless chunk-size line would hold the connection forever without counting toward
-        max_body (cf. CVE-2024-22019). Allow MAX_CHUNK_LINE bytes of such silence."""
-        self._framing = 0 if self._progress != progress else self._framing + size
-        if self._framing > MAX_CHUNK_LINE:
-            raise self._die(RequestError(400, "chunk size line too long"))
 
     def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int,
                             line_unsure: bool = False) -> None:
-        """Bound a head or trailer section still open at the end of a feed.
+        """Bound a head still open at the end of a feed.
 
         httptools buffers a field line until the line ends, so the callbacks alone cannot
         see a never-ending one. `_raw_bytes` is a lower bound of the section's size from
@@ -437,7 +506,7 @@ class Requestant:
         # Less one byte: the feed may end with the CR of the blank line that closes the
         # section, which a complete section does not count.
         if self._raw_bytes - 1 > self.limits.max_header_bytes:
-            raise self._die(RequestError(431, self._section_message()))
+            raise self._die(RequestError(431, "request header section too large"))
 
     # ---- failures and endings ----
 
@@ -456,7 +525,7 @@ class Requestant:
         if reason == _AFTER_CLOSE:
             # RFC 9112 §9.6: after a "close" request the server must not process further
             # requests on the connection; they are dropped, which is not an error.
-            self._after_end = _discard
+            self._bypass = _discard
         elif isinstance(exc, httptools.HttpParserInvalidMethodError):
             self._method_refused()
         elif isinstance(exc, httptools.HttpParserInvalidURLError):
@@ -480,7 +549,7 @@ class Requestant:
     def _method_refused(self) -> None:
         if self._head_start is None:  # the head's start is unknown: call it malformed
             raise self._die(RequestError(400, "malformed request method"))
-        self._after_end = self._judge_method
+        self._bypass = self._judge_method
         self._judge_method(b"")
 
     def _judge_method(self, data: bytes) -> None:
@@ -489,8 +558,8 @@ class Requestant:
         While the token is still arriving the verdict waits, so the answer does not depend
         on how the bytes were split.
         """
-        self._head_start += data
-        head = self._head_start.lstrip(b"\r\n")  # llhttp skips empty lines first
+        start = self._head_start = (self._head_start or b"") + data
+        head = start.lstrip(b"\r\n")  # llhttp skips empty lines first
         # Only the first max_request_line bytes are judged: a token that runs past the limit is
         # 414 whatever follows it, so the verdict cannot depend on how the bytes were split.
         limit = self.limits.max_request_line
@@ -506,7 +575,7 @@ class Requestant:
         # llhttp stops after an upgrade request's head; the rest belongs to the next
         # protocol (or, if the server declines the upgrade, to a fresh Requestant).
         self.leftover = bytes(data[offset:])
-        self._after_end = self._keep_leftover
+        self._bypass = self._keep_leftover
 
     def _keep_leftover(self, data: bytes) -> None:
         self.leftover += data
@@ -517,12 +586,12 @@ class Requestant:
         self._failure = error
         if self._request is not None and not self._request.complete:
             self._request.body.close()
-        self._request = self.current = None
+        self._request = self.current = self._decoder = None
 
         def refuse(data: bytes) -> None:
             raise error.with_traceback(None)
 
-        self._after_end = refuse
+        self._bypass = refuse
         return error
 
 

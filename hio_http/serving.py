@@ -125,7 +125,7 @@ class BaseServer:
         if self.opened:
             return self
         if self.poller is None:
-            self.poller = Poller()  # type: ignore[no-untyped-call]  # polling is not typed yet
+            self.poller = Poller()
             self.owns_poller = True
         settings = self.settings
         self.timed = self.access is not None or self.metrics is not None
@@ -327,7 +327,7 @@ class Server(BaseServer):
             raise TypeError(f"Server needs a WSGI app (a callable), not {app!r}")
         super().__init__(**kwa)
         self.app = app
-        self.errors = ErrorStream()  # type: ignore[no-untyped-call]  # responding: not typed yet
+        self.errors = ErrorStream()
 
     def open(self) -> "Server":
         super().open()

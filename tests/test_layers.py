@@ -15,7 +15,7 @@ LAYERS = {
     2: ["polling", "stalls", "doing"],
     3: ["net"],
     4: ["grammar"],
-    5: ["requesting", "framing", "wsgi", "responding", "compression", "client_parsing",
+    5: ["chunked", "requesting", "framing", "wsgi", "responding", "compression", "client_parsing",
         "client_bodies", "proxying", "accesslog", "websocket_frames", "pool"],
     6: ["threaded", "settings", "client_response", "hosting"],
     7: ["client_session", "sse", "static", "websocket"],

@@ -638,3 +638,38 @@ def test_a_later_http_1_minor_version_is_served_as_1_1(version):
     with pytest.raises(RequestError) as raised:
         missing_host.feed(f"GET /x HTTP/{version}\r\n\r\n".encode())
     assert raised.value.status == 400  # and as strict as 1.1 about Host
+
+
+def test_chunked_request_among_others_parses_the_same_however_split():
+    """Where a chunked head ends is found again from the bytes (llhttp gives no offsets):
+    after a head that spans feeds, inside a feed that began mid-body, and after a body that
+    holds a blank line and a head of its own, at every cut and every pair of cuts."""
+    trap = b"\r\n\r\nPOST /fake HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    stream = (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n\r\n"
+              + b"PUT /b HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(trap) + trap
+              + b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              + b'3 ; a = "x\\"y" \t; b\r\nabc\r\n0 ;z\r\nT: v\r\n\r\n'
+              + b"POST /d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              + b"2\r\nde\r\n0\r\n\r\nGET /e HTTP/1.1\r\nHost: h\r\n\r\n")
+    whole = [summary(request) for request in feed_all(stream)]
+    assert [entry[1] for entry in whole] == ["/a", "/b", "/c", "/d", "/e"]
+    assert whole[1][7] == trap and whole[2][7] == b"abc" and whole[2][6] == [("T", "v")]
+    for first in range(1, len(stream)):
+        for second in ([None] + list(range(first + 1, len(stream), 7))):
+            requestant = Requestant()
+            pieces = [stream[:first], stream[first:second], stream[second:]] if second else [
+                stream[:first], stream[first:]]
+            for piece in pieces:
+                requestant.feed(piece)
+            assert [summary(request) for request in requestant.requests] == whole, (
+                first, second)
+
+
+@pytest.mark.parametrize("piece", [0, 1, 5])
+def test_chunk_line_whitespace_is_allowed_only_where_the_grammar_allows_it(piece):
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    [request] = feed_all(head + b'2 ;\ta\t= "b;c" ; d\r\nxy\r\n0 ; e=f\r\n\r\n', piece=piece)
+    assert request.body.read() == b"xy" and request.body_size == 2
+    for bad in (b" 2\r\nxy\r\n", b"2 \r\nxy\r\n", b"2;a=b \r\nxy\r\n", b"2 2\r\nxy\r\n",
+                b'2;a="b\r\nxy\r\n', b"2;=b\r\nxy\r\n", b"2;a b\r\nxy\r\n"):
+        assert error_of(head + bad + b"0\r\n\r\n", piece=piece).status == 400, bad

@@ -87,6 +87,11 @@ def targets(draw, method: str) -> tuple[str, str, str]:
     return suffix, path, query or ""
 
 
+# Chunk extensions, with the whitespace RFC 9112 §7.1.1 allows around ";" and "=".
+EXTENSION = st.sampled_from([b"", b";a=b", b";name", b';q="x y"', b" ; a = b", b"\t;\tname",
+                             b' ;q = "x; \\" y" ; r', b"  ;a=b;c\t=\td"])
+
+
 @st.composite
 def chunked_body(draw, body: bytes) -> bytes:
     """`body` in random chunks with random size spellings and extensions, then a last chunk."""
@@ -96,9 +101,8 @@ def chunked_body(draw, body: bytes) -> bytes:
         if end > start:
             size = b"%x" % (end - start)
             size = draw(st.sampled_from([size, size.upper(), b"0" + size]))
-            extension = draw(st.sampled_from([b"", b";a=b", b";name", b';q="x y"']))
-            out += size + extension + b"\r\n" + body[start:end] + b"\r\n"
-    return out + b"0" + draw(st.sampled_from([b"", b";last"])) + b"\r\n"
+            out += size + draw(EXTENSION) + b"\r\n" + body[start:end] + b"\r\n"
+    return out + b"0" + draw(EXTENSION) + b"\r\n"
 
 
 @st.composite
