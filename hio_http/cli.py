@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from .config import ConfigError, gather, parse_bind, settings_from
 from .doing import Doist, EndWhen
-from .metrics import Board, MetricsDoer, Metrics, answer_scrape, scrape_handler, scraper
+from .metrics import Board, Metrics, answer_scrape, scrape_handler, scraper
 from .net import listen
 from .reloading import SourceWatch, app_sources
 from .serving import BareServer, Server, ServerDoer
@@ -151,16 +151,16 @@ def serve(app, sockets, settings: dict, options: dict, board: Optional[Board] = 
     server = Server(app, poller=doist.poller, sockets=sockets, **settings)
     link = supervised()
     doers: list = []
+    metrics: Optional[Metrics] = None
     if board is not None:
-        metrics = Metrics(board, link.slot if link is not None else 0)
-        server.metrics = metrics
         exporter = None
         if metrics_socket is not None:  # a single process answers scrapes on its own loop
             exporter = BareServer(handler=scrape_handler(scraper(board, lambda: [0],
                                                                  lambda: 0)),
                                   poller=doist.poller, sockets=[metrics_socket])
             exporter.open()
-        doers.append(MetricsDoer(server, metrics, exporter))
+        metrics = Metrics(board, link.slot if link is not None else 0, server, exporter)
+        server.metrics = metrics  # refreshed on the ServerDoer's turns
     server.open()
     server_doer = ServerDoer(server)
     doers.insert(0, server_doer)
@@ -180,6 +180,8 @@ def serve(app, sockets, settings: dict, options: dict, board: Optional[Board] = 
     if link is not None:
         link.ready()
     doist.do(doers=doers)
+    if metrics is not None:
+        metrics.close()  # the last responses count too
     for number in (signal.SIGTERM, signal.SIGINT):  # the loop is over: the rest is quick
         signal.signal(number, signal.SIG_IGN)
     logger.info("stopped (pid %d)", os.getpid())

@@ -7,14 +7,15 @@ folded into the supervisor's totals, so they never go down. Nothing here runs un
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import socket
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
+from collections import Counter
 from typing import Callable, Iterable, Optional
 
-from .doing import Doer
 from .responding import CustomResponder
 from .serving import is_event_stream
 
@@ -74,48 +75,76 @@ class Board:
 
 
 class Metrics:
-    """One process's counters, kept in a plain list (the cheapest writes Python has) and
-    published to its slot of the board by a MetricsDoer. `Server.metrics` calls `responded`
-    for each finished response and adds to `received` the bytes it reads."""
+    """One process's counters, published to its slot of the board by `refresh`.
 
-    def __init__(self, board: Board, slot: int):
+    `Server.metrics` calls `responded` for each finished response and adds to `received` the
+    bytes it reads. A response only extends one list with four items (duration, method,
+    status line, body bytes sent); `publish`, every GAUGE_INTERVAL, sorts them into the counters
+    in bulk with C-level slicing, sorting and counting. Tallying each response as it finished
+    cost a hello-world request over 4 % more instructions; this costs it under 2 %. Between
+    publishes the list holds four items per response answered in the interval."""
+
+    def __init__(self, board: Board, slot: int, server=None, exporter=None):
         self.slot = board.values(slot)
+        self.server = server  # whose connections the gauges count (a serving.BaseServer)
+        self.exporter = exporter  # a single process's BareServer answering scrapes, if any
+        self.due = 0.0  # when, on the server's clock, `refresh` is next due
         self.counts = [0.0] * GAUGES
         self.received = 0
+        self.noted: list = []  # duration, method, status line, bytes sent; per response
+        self.cells: dict = {}  # (method, status line) -> index of its counter
 
-    def responded(self, responder, started: float, _time=time.time, _bisect=bisect_left,
-                  _method=_METHOD_INDEX.get, _class=_CLASS_INDEX.get) -> None:
-        counts = self.counts
-        seconds = _time() - started
-        status = responder.status
-        counts[_method(responder.request.method, 7) * 5 +
-               (_class(status[0], 4) if status else 4)] += 1
-        counts[DURATIONS + _bisect(BUCKETS, seconds)] += 1
-        counts[DURATION_SUM] += seconds
-        counts[SENT] += responder.sent
+    def responded(self, responder, started: float, _time=time.time) -> None:
+        self.noted.extend((_time() - started, responder.request.method, responder.status,
+                           responder.sent))
+
+    def fold(self) -> None:
+        """Add the responses noted since the last fold to the counters."""
+        noted, counts = self.noted, self.counts
+        if not noted:
+            return
+        durations, methods, statuses = noted[0::4], noted[1::4], noted[2::4]
+        counts[SENT] += sum(noted[3::4])
+        noted.clear()
+        for (method, status), number in _outcomes(methods, statuses):
+            cell = self.cells.get((method, status))
+            if cell is None:
+                cell = self.cells[method, status] = _cell(method, status)
+            counts[cell] += number
+        durations.sort()
+        below = 0
+        for index, bound in enumerate(BUCKETS):
+            at_most = bisect_right(durations, bound, below)
+            counts[DURATIONS + index] += at_most - below
+            below = at_most
+        counts[DURATIONS + len(BUCKETS)] += len(durations) - below
+        counts[DURATION_SUM] += math.fsum(durations)
 
     def publish(self) -> None:
         """Copy the counters to the shared slot, where scrapes read them."""
+        self.fold()
         self.counts[RECEIVED] = self.received
         self.slot[:GAUGES] = array("d", self.counts)
 
+    def refresh(self, now: float) -> None:
+        """Publish the counters and count what is open now: requests in flight, connections by
+        kind, the app pool's queue, the loop's stalls so far. The ServerDoer calls it on its
+        own turns whenever `due` has come (then it is due GAUGE_INTERVAL later), so the metrics
+        add no doer of their own, which the Doist would look at on every pass.
 
-class MetricsDoer(Doer):
-    """Every GAUGE_INTERVAL, publishes the counters and counts what is open now: requests in
-    flight, connections by kind, the app pool's queue, and the loop's stalls so far.
+        It also gives the `exporter` its turn: the exporter's sockets are served by the shared
+        Poller as they get ready, and only its deadlines need a sweep now and then."""
+        self.due = now + GAUGE_INTERVAL
+        server = self.server
+        if server is not None and server.stalls is not None:
+            self.counts[STALLS] = server.stalls.stalls
+        self.publish()
+        if server is not None:
+            self._count_open(server)
+        if self.exporter is not None:
+            self.exporter.service()
 
-    In a single process it also looks after the `exporter` answering scrapes: its sockets
-    are served by the shared Poller as they get ready, and only its deadlines need a turn now
-    and then. (A ServerDoer of its own would be asked whether it is `urgent` on every pass
-    of the loop, which costs the busy server more than the metrics themselves.)"""
-
-    def __init__(self, server, metrics: Metrics, exporter=None, **kwa):
-        kwa.setdefault("tock", GAUGE_INTERVAL)
-        super().__init__(**kwa)
-        self.server, self.metrics, self.exporter = server, metrics, exporter
-
-    def recur(self, tyme: float) -> bool:
-        server, metrics = self.server, self.metrics
+    def _count_open(self, server) -> None:
         in_flight = http = websocket = event_stream = 0
         for steward in server.stewards:
             if not hasattr(steward, "requestant"):  # a WebSocketSession took its place
@@ -129,23 +158,36 @@ class MetricsDoer(Doer):
             else:
                 http += 1
                 in_flight += 1
-        if server.stalls is not None:
-            metrics.counts[STALLS] = server.stalls.stalls
-        metrics.publish()
-        values = metrics.slot
+        values = self.slot
         values[IN_FLIGHT], values[HTTP] = in_flight, http
         values[WEBSOCKET], values[EVENT_STREAM] = websocket, event_stream
         pool = getattr(server, "pool", None)
         values[POOL_QUEUED] = pool.queued if pool is not None else 0
         values[POOL_BUSY] = pool.busy if pool is not None else 0
-        if self.exporter is not None:
-            self.exporter.service()
-        return False
 
-    def exit(self) -> None:
-        self.metrics.publish()  # the last responses count too
+    def close(self) -> None:
+        """The loop is over: the last responses count too; the exporter stops listening."""
+        self.publish()
         if self.exporter is not None:
             self.exporter.close()
+            self.exporter = None
+
+
+def _outcomes(methods: list, statuses: list) -> Iterable[tuple[tuple[str, Optional[str]], int]]:
+    """How many responses had each (method, status line). Usually every request had one method,
+    and counting the status lines alone (set and list.count, in C) is several times cheaper
+    than counting pairs."""
+    kinds = set(methods)
+    if len(kinds) != 1:
+        return Counter(zip(methods, statuses)).items()
+    method = kinds.pop()
+    return [((method, status), statuses.count(status)) for status in set(statuses)]
+
+
+def _cell(method: str, status: Optional[str]) -> int:
+    """The counter of a response to `method` with `status` (None: it failed before a status)."""
+    status_class = _CLASS_INDEX.get(status[0], 4) if status else 4
+    return _METHOD_INDEX.get(method, len(METHODS) - 1) * len(CLASSES) + status_class
 
 
 def render(total: list, workers: int, restarts: int) -> bytes:

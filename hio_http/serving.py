@@ -417,6 +417,9 @@ class ServerDoer(Doer):
     def recur(self, tyme: float) -> bool:
         server = self.server
         server.service()
+        metrics = server.metrics
+        if metrics is not None and server.clock() >= metrics.due:
+            metrics.refresh(server.clock())
         if self.stopping:
             now = server.clock()
             if self.stop_deadline is None:
@@ -434,6 +437,8 @@ class ServerDoer(Doer):
             self.tock, self.wake_by = self.pace, math.inf
         else:
             self.wake_by = server.sweep_due()
+            if server.metrics is not None:  # the metrics' next refresh wakes it too
+                self.wake_by = min(self.wake_by, server.metrics.due)
             self.tock = max(self.pace, min(self.MAX_NAP, self.wake_by - server.clock()))
 
     def _watch_stalls(self) -> None:

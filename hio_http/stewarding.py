@@ -99,9 +99,13 @@ class TrafficObserver(Protocol):
     """What a server tells of its traffic, when given one (hio_http.metrics.Metrics is)."""
 
     received: int  # bytes read from clients, added to as they come
+    due: float  # when, on the server's clock, `refresh` wants its next call
 
     def responded(self, responder: BaseResponder, started: float) -> None:
         """A response finished; `started` is when it began (time.time())."""
+
+    def refresh(self, now: float) -> None:
+        """Publish what was counted (the ServerDoer calls it on its turns once `due`)."""
 
 
 class State(enum.Enum):
