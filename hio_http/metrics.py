@@ -77,12 +77,10 @@ class Board:
 class Metrics:
     """One process's counters, published to its slot of the board by `refresh`.
 
-    `Server.metrics` calls `responded` for each finished response and adds to `received` the
-    bytes it reads. A response only extends one list with four items (duration, method,
-    status line, body bytes sent); `publish`, every GAUGE_INTERVAL, sorts them into the counters
-    in bulk with C-level slicing, sorting and counting. Tallying each response as it finished
-    cost a hello-world request over 4 % more instructions; this costs it under 2 %. Between
-    publishes the list holds four items per response answered in the interval."""
+    A server's Stewards add to `received` the bytes they read and extend `noted` with four
+    items per finished response (duration, method, status line, body bytes sent); `publish`
+    sorts them into the counters in bulk, with C-level slicing, sorting and counting. Between
+    publishes, GAUGE_INTERVAL apart, the list holds four items per response answered."""
 
     def __init__(self, board: Board, slot: int, server=None, exporter=None):
         self.slot = board.values(slot)
@@ -93,10 +91,6 @@ class Metrics:
         self.received = 0
         self.noted: list = []  # duration, method, status line, bytes sent; per response
         self.cells: dict = {}  # (method, status line) -> index of its counter
-
-    def responded(self, responder, started: float, _time=time.time) -> None:
-        self.noted.extend((_time() - started, responder.request.method, responder.status,
-                           responder.sent))
 
     def fold(self) -> None:
         """Add the responses noted since the last fold to the counters."""

@@ -104,8 +104,9 @@ class BaseServer:
         self.served = 0  # responses finished
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
                        else None)
-        # Told of every finished response (`responded(responder, started)`) and of the bytes
-        # received (added to `received`); see hio_http.metrics. Set before `open()`.
+        # Told of every finished response (in `noted`) and of the bytes received (added to
+        # `received`); refreshed on the ServerDoer's turns. See hio_http.metrics. Set before
+        # `open()`.
         self.metrics: Optional[TrafficObserver] = None
         self.timed = self.access is not None  # whether responses note when they began
         self.trusted = TrustedPeers(self.settings.forwarded_allow_ips)
