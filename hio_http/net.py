@@ -184,6 +184,25 @@ class ConnectionHandler(Protocol):
     def closed(self) -> None: ...
 
 
+class _Gone:
+    """The handler of a closed Connection. No event follows a close; dropping the real handler
+    (which holds the Connection) frees both when the server forgets them, without waiting for
+    the cycle collector."""
+
+    def connected(self) -> None: ...
+
+    def received(self, data: bytes) -> None: ...
+
+    def ended(self) -> None: ...
+
+    def drained(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
+_GONE = _Gone()
+
+
 class Connection:
     """An accepted socket serviced by readiness.
 
@@ -412,4 +431,5 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-        self.handler.closed()
+        handler, self.handler = self.handler, _GONE
+        handler.closed()

@@ -221,6 +221,11 @@ class Requestant:
         self.requests.clear()
         if self._failure is None:  # a dead Requestant already dropped its unfinished one
             self._die(ValueError("feed() on a closed Requestant"))
+        # The parser holds our callbacks, so we and it make a cycle: let go of it (nothing
+        # parses after close), and a closed Requestant is freed as soon as it is dropped
+        # instead of waiting for the cycle collector, which a busy server then runs less.
+        if hasattr(self, "_parser"):
+            del self._parser
 
     # ---- llhttp callbacks (called by httptools during feed_data) ----
 
