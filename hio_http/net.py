@@ -97,6 +97,9 @@ class Acceptor:
         self.sock = sock
         self.address = self.sock.getsockname()
         self.unix = self.sock.family == socket.AF_UNIX
+        # The family, type and protocol of every accepted socket, as plain ints, found once:
+        # socket.accept() would look them up, as enums, on each connection.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.accepting = False
         self.resume()
 
@@ -118,12 +121,14 @@ class Acceptor:
         """Accept up to ACCEPTS_PER_WAKE connections; False once none is left."""
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                sock, peer = self.sock.accept()
+                # accept() less its Python work (see _kind); typeshed does not list _accept
+                fd, peer = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as ex:  # EMFILE, ECONNABORTED...: log and try again on the next wake
                 logger.warning("accept failed on %s: %s", self.address, ex)
                 return False
+            sock = socket.socket(*self._kind, fileno=fd)
             sock.setblocking(False)
             if not self.unix:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
