@@ -330,9 +330,10 @@ class Requestant:
             if "upgrade" in noted and parser.should_upgrade():
                 upgrade = noted["upgrade"][0]
             expect = self._check_expectation(version, noted.get("expect"))
-        return Request(method, target, path, query, version, self._fields, [],
-                       self._new_body(chunked, length), 0, length, chunked,
-                       parser.should_keep_alive(), expect, upgrade)
+        body = (io.BytesIO() if length is None and not chunked  # no body: the usual case
+                else self._new_body(chunked, length))
+        return Request(method, target, path, query, version, self._fields, [], body, 0, length,
+                       chunked, parser.should_keep_alive(), expect, upgrade)
 
     def _new_body(self, chunked: bool, length: int | None) -> BinaryIO:
         """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
