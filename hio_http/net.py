@@ -338,7 +338,7 @@ class Connection:
     def _receive(self) -> None:
         """Read what is ready; under TLS also what the TLS layer already decrypted, which the
         selector cannot see."""
-        while self._receive_once() and self.reading and self._tls_pending():
+        while self._receive_once() and self.reading and self.tls and self._tls_pending():
             pass
 
     def _tls_pending(self) -> bool:
