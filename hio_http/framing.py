@@ -32,7 +32,8 @@ from .grammar import BYTES_LIKE, check_field
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
            "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
-           "reason_of", "check_status", "check_headers", "drop_hop_by_hop", "body_bytes"]
+           "reason_of", "check_status", "clean_statuses", "check_headers", "drop_hop_by_hop",
+           "body_bytes"]
 
 logger = logging.getLogger("hio_http.server")
 
@@ -64,7 +65,7 @@ _FIELD_KINDS = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
 _clean_headers: dict[Header, tuple[bytes, int]] = {}
 MAX_CLEAN_HEADERS = 4096
 MAX_CLEAN_VALUE = 256
-_clean_statuses: set[str] = set()  # status lines found valid
+clean_statuses: set[str] = set()  # status lines found valid (a caller may skip check_status)
 _status_lines: dict[str, tuple[int, bytes]] = {}  # status -> (its code, its line on the wire)
 
 _date_line = (0, b"")  # (the second it was made for, the Date line)
@@ -369,12 +370,12 @@ def reason_of(code: int) -> str:
 
 def check_status(status: object) -> None:
     """Refuse a status that is not text like "200 OK" (from an app, so anything may be given)."""
-    if type(status) is str and status in _clean_statuses:
+    if type(status) is str and status in clean_statuses:
         return
     if not isinstance(status, str) or not STATUS.match(status):
         raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
-    if type(status) is str and len(_clean_statuses) < MAX_CLEAN_HEADERS:
-        _clean_statuses.add(status)
+    if type(status) is str and len(clean_statuses) < MAX_CLEAN_HEADERS:
+        clean_statuses.add(status)
 
 
 def check_headers(headers: object) -> bool:

@@ -97,6 +97,9 @@ class Acceptor:
         self.sock = sock
         self.address = self.sock.getsockname()
         self.unix = self.sock.family == socket.AF_UNIX
+        # The family, type and protocol of every accepted socket, as plain ints, found once:
+        # socket.accept() would look them up, as enums, on each connection.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self.accepting = False
         self.resume()
 
@@ -118,12 +121,14 @@ class Acceptor:
         """Accept up to ACCEPTS_PER_WAKE connections; False once none is left."""
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                sock, peer = self.sock.accept()
+                # accept() less its Python work (see _kind); typeshed does not list _accept
+                fd, peer = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as ex:  # EMFILE, ECONNABORTED...: log and try again on the next wake
                 logger.warning("accept failed on %s: %s", self.address, ex)
                 return False
+            sock = socket.socket(*self._kind, fileno=fd)
             sock.setblocking(False)
             if not self.unix:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -182,6 +187,25 @@ class ConnectionHandler(Protocol):
     def drained(self) -> None: ...
 
     def closed(self) -> None: ...
+
+
+class _Gone:
+    """The handler of a closed Connection. No event follows a close; dropping the real handler
+    (which holds the Connection) frees both when the server forgets them, without waiting for
+    the cycle collector."""
+
+    def connected(self) -> None: ...
+
+    def received(self, data: bytes) -> None: ...
+
+    def ended(self) -> None: ...
+
+    def drained(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
+_GONE = _Gone()
 
 
 class Connection:
@@ -314,7 +338,7 @@ class Connection:
     def _receive(self) -> None:
         """Read what is ready; under TLS also what the TLS layer already decrypted, which the
         selector cannot see."""
-        while self._receive_once() and self.reading and self._tls_pending():
+        while self._receive_once() and self.reading and self.tls and self._tls_pending():
             pass
 
     def _tls_pending(self) -> bool:
@@ -412,4 +436,5 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
-        self.handler.closed()
+        handler, self.handler = self.handler, _GONE
+        handler.closed()

@@ -37,6 +37,10 @@ class LoopComponent(Protocol):
 # error or hang-up wakes both, so that whoever waits sees it on its next call.
 _READABLE = ~select.EPOLLOUT if hasattr(select, "epoll") else 0
 _WRITABLE = ~select.EPOLLIN if hasattr(select, "epoll") else 0
+# What epoll is asked to watch for READ, WRITE and both.
+_EPOLL_EVENTS = ({READ: select.EPOLLIN, WRITE: select.EPOLLOUT,
+                  READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
+                 if hasattr(select, "epoll") else {})
 
 
 def _ignore(mask: int) -> None:
@@ -55,8 +59,10 @@ class Poller:
         self._selector.register(self._alarm, READ, self._quiet)
         self._rung = False  # a byte is on its way: a further wake() need not write another
         # On epoll, select() asks it directly: the selectors module's own select() costs more
-        # Python work per wait than the rest of a Doist's turn. Registration stays with it.
-        # Both are private attributes of EpollSelector, so typeshed does not know them.
+        # Python work per wait than the rest of a Doist's turn. A socket is registered and
+        # unregistered directly too (once per connection), in the selector's own map, so its
+        # other methods (modify, get_key, close) see the same registrations. Both are private
+        # attributes of EpollSelector, so typeshed does not know them.
         epoll = isinstance(self._selector, selectors.EpollSelector)
         self._epoll: Optional[select.epoll] = (getattr(self._selector, "_selector")
                                                if epoll else None)
@@ -69,6 +75,12 @@ class Poller:
 
         Without a callback the file only wakes the loop, so that the doers waiting on it run.
         """
+        if self._epoll is not None and type(fileobj) is socket.socket and events in _EPOLL_EVENTS:
+            fd = fileobj.fileno()
+            if fd >= 0 and fd not in self._keys:  # else the selector says what is wrong
+                self._epoll.register(fd, _EPOLL_EVENTS[events])
+                self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, callback or _ignore)
+                return
         self._selector.register(fileobj, events, callback or _ignore)
 
     def modify(self, fileobj: FileDescriptorLike, events: int,
@@ -80,6 +92,13 @@ class Poller:
 
     def unregister(self, fileobj: FileDescriptorLike) -> None:
         """Stop watching `fileobj`; a file that is not registered is ignored."""
+        if self._epoll is not None and type(fileobj) is socket.socket:
+            fd = fileobj.fileno()
+            key = self._keys.get(fd)
+            if key is not None and key.fileobj is fileobj:
+                del self._keys[fd]
+                self._epoll.unregister(fd)  # the socket is open (it has its fd): no error
+                return
         try:
             self._selector.unregister(fileobj)
         except (KeyError, ValueError):

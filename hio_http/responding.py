@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Callable, Iterable, Iterator, Optional, Union
 
 from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
-                      ResponseSettings, body_bytes, check_headers, check_status, drop_hop_by_hop,
-                      reason_of)
+                      ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
+                      drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
 from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
@@ -46,7 +46,8 @@ class Responder(BaseResponder):
                 exc_info = None
         elif self.status:
             raise AssertionError("start_response called a second time without exc_info")
-        check_status(status)
+        if type(status) is not str or status not in clean_statuses:  # else known valid
+            check_status(status)
         if not check_headers(headers):  # some field is new: maybe hop-by-hop
             headers, close = drop_hop_by_hop(headers)
             if close:
@@ -71,7 +72,7 @@ class Responder(BaseResponder):
     def start(self) -> None:
         try:
             self.result = self.app(self.environ, self.start_response)
-            if self._send_whole_file():
+            if type(self.result) is FileWrapper and self._send_whole_file():
                 return
             self.iterator = iter(self.result)
         except Exception:
@@ -123,7 +124,8 @@ class Responder(BaseResponder):
         """The common answer, a one-item list: head and body in one send, no iteration."""
         try:
             self.iterator = iter(())  # the item is taken
-            self._out(body, last=True)
+            self.pending_head = False
+            self.send_head(body, last=True)  # the head is not out yet: pump() checked
             if self.bodiless or self.connection.pending < self.high_water:
                 self.finish()
                 return DONE

@@ -120,6 +120,10 @@ class State(enum.Enum):
     WAITING = "waiting"        # the app said "not yet", or an app thread works on the request
     CLOSING = "closing"        # an error answer is going out; then the connection closes
 
+    # Members are unique, so identity hashes them: Enum's own hash is a Python call, and
+    # DEADLINES is looked up on nearly every request.
+    __hash__ = object.__hash__
+
 
 # The setting that bounds each state (its deadline counts from entering it); None: no deadline
 # of its own (a parked body may ask for one; a closing answer gets a short grace).

@@ -4,8 +4,10 @@ import socket
 import threading
 import time
 
+import pytest
+
 from hio_http.doing import Doer, Doist
-from hio_http.polling import READ, poller_of
+from hio_http.polling import READ, WRITE, Poller, poller_of
 
 
 class SocketWaiter(Doer):
@@ -150,3 +152,33 @@ def test_sleeping_doist_does_not_wake_and_callbacks_see_the_true_tyme():
         writer.close()
     assert len(napper.turns) == 1  # nothing due: no pass at every tick of 0.01 s
     assert len(tymes) == 1 and 0.45 <= tymes[0] < 0.9, tymes
+
+
+def test_poller_registrations_keep_the_selectors_rules():
+    """Sockets are registered with epoll directly; what the selectors module promised holds."""
+    poller = Poller()
+    reader, writer = socket.socketpair()
+    seen = []
+    try:
+        poller.register(reader, READ, seen.append)
+        assert poller.registered(reader) and len(poller) == 1
+        with pytest.raises(KeyError):
+            poller.register(reader, READ, seen.append)
+        writer.send(b"x")
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            poller.poll(0.1)
+        assert seen == [READ]
+        poller.modify(reader, READ | WRITE)  # the callback stays
+        poller.poll(1)
+        assert seen[-1] == READ | WRITE
+        poller.unregister(reader)
+        assert not poller.registered(reader) and len(poller) == 0
+        assert poller.poll(0) == 0  # still readable, but no longer watched
+        poller.unregister(reader)  # twice: ignored
+        poller.register(reader, WRITE, seen.append)  # and it may come back
+        assert poller.poll(1) == 1 and seen[-1] == WRITE
+    finally:
+        poller.close()
+        reader.close()
+        writer.close()

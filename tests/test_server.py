@@ -1,10 +1,12 @@
 """The WSGI server over real sockets: framing, keep-alive, pipelining, app errors, environ."""
 
+import gc
 import http.client
 import json
 import logging
 import socket
 import time
+import weakref
 
 import pytest
 import requests
@@ -330,6 +332,27 @@ def test_client_connection_close_is_honoured(serve):
     data = read_until_closed(sock)
     assert b"Connection: close" in data
     assert data.endswith(b"Hello, world!")
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector(serve):
+    """A server accepting a new connection per request would otherwise leave the collector a
+    cycle per connection to find (steward and connection, parser and Requestant)."""
+    server = serve(hello_app, validate=False)
+    gc.disable()
+    try:
+        sock = raw_connect(server)
+        deadline = time.monotonic() + 5
+        while not server.stewards and time.monotonic() < deadline:
+            time.sleep(0.01)
+        steward = weakref.ref(next(iter(list(server.stewards))))
+        connection = weakref.ref(steward().connection)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(sock).endswith(b"Hello, world!")
+        while steward() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert steward() is None and connection() is None
+    finally:
+        gc.enable()
 
 
 def test_expect_100_continue(serve):
