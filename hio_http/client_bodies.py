@@ -196,12 +196,16 @@ class ResponseStream:
     `feed(data)` stores arriving bytes (compressed ones stay compressed until taken); `full`
     tells the session to stop reading the socket; `take()` returns what is ready, inflating at
     most `high_water` bytes at a time; with an `on_data` callback every piece is handed over as
-    it arrives instead, and nothing is kept.
+    it arrives instead, and nothing is kept. A coded body that inflates past `max_decoded`
+    bytes (None: no limit) is a ProtocolError: memory stays bounded either way, but a gzip
+    bomb would otherwise cost the consumer a thousand bytes of work or disk for each one sent.
     """
 
-    def __init__(self, high_water: int, on_data: Optional[Callable[[bytes], None]] = None):
+    def __init__(self, high_water: int, on_data: Optional[Callable[[bytes], None]] = None,
+                 max_decoded: Optional[int] = None):
         self.high_water = high_water
         self.on_data = on_data
+        self.max_decoded = max_decoded
         self.inflater: Optional[Inflater] = None
         self.received = 0  # body bytes as they came off the wire
         self.delivered = 0  # bytes taken or handed to on_data, decoded
@@ -281,11 +285,19 @@ class ResponseStream:
             raise error from ex
 
     def _inflate(self, limit: int) -> bytes:
+        """At most `limit` more decoded bytes (`delivered` does not count them yet)."""
         assert self.inflater is not None
+        bound = self.max_decoded
+        if bound is not None:  # one byte past the bound is enough to know it is passed
+            limit = min(limit, bound - self.delivered + 1)
         try:
-            return self.inflater.read(limit)
+            piece = self.inflater.read(limit)
         except DecodeError as ex:
             raise ProtocolError(str(ex)) from None
+        if bound is not None and self.delivered + len(piece) > bound:
+            raise ProtocolError(f"streamed response body larger than max_decoded ({bound} "
+                                f"bytes) once decoded")
+        return piece
 
     def _check_end(self) -> None:
         assert self.inflater is not None

@@ -543,6 +543,84 @@ def test_a_streamed_gzip_bomb_is_inflated_only_as_taken():
     assert len(first) == 64 * 1024  # one take inflates at most the high-water mark
 
 
+class EndlessBomb:
+    """Serves a chunked gzip body of zeros, a MiB of them per ~1 KiB chunk, until the client
+    goes away or `most` MiB were sent; counts what it sent."""
+
+    def __init__(self, most=4096):
+        self.most = most
+        self.sent_mib = 0
+        self.cut_short = threading.Event()
+
+    def __call__(self, connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                           b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = b"\0" * (1024 * 1024)
+        try:
+            for _ in range(self.most):
+                piece = compressor.compress(zeros) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.sent_mib += 1
+        except OSError:
+            self.cut_short.set()  # the client dropped the connection
+
+
+@pytest.mark.parametrize("consumer", ["take", "on_data"])
+def test_a_streamed_gzip_bomb_stops_at_max_decoded(consumer):
+    """A streamed body has no max_body, but a coded one stops at max_decoded: the response
+    fails with a clear error and the connection is dropped, so the server stops sending."""
+    limit = 8 * 1024 * 1024
+    bomb = EndlessBomb()
+    received = []
+    with RawServer(bomb) as server:
+        client = Client(server.url, high_water=64 * 1024, max_decoded=limit)
+        if consumer == "take":
+            response = client.get("/bomb", stream=True)
+            wait(client, lambda: received.append(len(response.take())) or response.done,
+                 timeout=30)
+        else:
+            response = client.get("/bomb", on_data=lambda data: received.append(len(data)))
+            wait(client, response, timeout=30)
+        assert bomb.cut_short.wait(10)
+        after = client.get("/again", stream=True)  # a new connection: the old one is gone
+        wait(client, lambda: after.status is not None, timeout=10)
+        client.close()
+    assert isinstance(response.error, ProtocolError)
+    assert "max_decoded" in str(response.error) and "decoded" in str(response.error)
+    assert limit - 64 * 1024 <= sum(received) <= limit
+    assert bomb.sent_mib < bomb.most
+    assert server.connections == 2 and after.status == 200
+
+
+def test_max_decoded_allows_a_body_of_exactly_its_size():
+    data = b"text " * (256 * 1024)  # 1.25 MiB decoded
+
+    def serve(connection):
+        read_head(connection)
+        coded = gzip.compress(data)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(coded), coded))
+
+    results = {}
+    for limit in (len(data), len(data) - 1):
+        taken = []
+        with RawServer(serve) as server:
+            client = Client(server.url, high_water=64 * 1024, max_decoded=limit)
+            response = client.get("/", stream=True)
+            # All of it arrives (done) before most is decoded: the limit applies as it is taken.
+            wait(client, lambda: response.done)
+            while piece := response.take():
+                taken.append(piece)
+            client.close()
+        results[limit] = (response.error, b"".join(taken))
+    assert results[len(data)] == (None, data)
+    error, partial = results[len(data) - 1]
+    assert isinstance(error, ProtocolError) and "max_decoded" in str(error)
+    assert len(partial) < len(data)
+
+
 def test_a_truncated_gzip_body_is_an_error():
     data = gzip.compress(b"complete text " * 1000)[:-12]
 
