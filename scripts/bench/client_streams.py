@@ -72,7 +72,7 @@ def serve(args) -> None:
     app.add_route("/json", Document())
     _raise_file_limit()
     keep_freed_memory()  # as the command line does
-    server = Server(app, host="127.0.0.1", port=0, compress=True, max_body=1 << 40,
+    server = Server(app, host="127.0.0.1", port=args.port, compress=True, max_body=1 << 40,
                     max_connections=args.streams + 100, backlog=4096)
     server.open()
     print(json.dumps({"port": server.address[1]}), flush=True)
@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="transfers of each kind (median)")
     parser.add_argument("--out")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # with --serve
     args = parser.parse_args()
     if args.serve:
         serve(args)
