@@ -181,6 +181,48 @@ def test_chunked_upload_with_trailers_to_the_standard_library():
     assert seen["declared"] == "X-Sum, X-Parts"
 
 
+class Quiet:
+    """A net.Connection handler that ignores every event."""
+
+    def connected(self): pass
+
+    def received(self, data): pass
+
+    def ended(self): pass
+
+    def drained(self): pass
+
+    def closed(self): pass
+
+
+def test_parts_sent_together_keep_their_order_through_partial_sends():
+    """A chunk goes out as size line, data and CRLF in one sendmsg; what the socket does not
+    take waits, part by part, behind it."""
+    from hio_http.net import Connection
+    from hio_http.polling import Poller
+    writer, reader = socket.socketpair()
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.setblocking(False)
+    reader.settimeout(5)
+    poller = Poller()
+    connection = Connection(writer, None, poller, Quiet())
+    parts = [os.urandom(size) for size in (5, 300_000, 2, 7, 100_000, 2)]
+    connection.send_parts(parts[:3])
+    cut = connection.pending
+    connection.send_parts(parts[3:])
+    expected = b"".join(parts)
+    received = bytearray()
+    deadline = time.monotonic() + 10
+    while len(received) < len(expected) and time.monotonic() < deadline:
+        received += reader.recv(65536)
+        poller.poll(0)
+    connection.close()
+    reader.close()
+    poller.close()
+    assert 0 < cut < 300_007  # the first call was cut short inside a part
+    assert bytes(received) == expected
+
+
 def test_file_upload_of_known_length(tmp_path):
     path = tmp_path / "upload.bin"
     data = os.urandom(3 * 1024 * 1024 + 17)
