@@ -232,6 +232,11 @@ class Connection:
         self.pending += len(data)
         self._want(self._events | WRITE)
 
+    @property
+    def backlogged(self) -> bool:
+        """Something waits to be sent: bytes, or a file span (which `pending` does not count)."""
+        return bool(self._chunks)
+
     def send_parts(self, parts: Sequence[bytes]) -> None:
         """Send buffers one after another (a chunk's size line, its data, its CRLF) in one
         system call on plain TCP, and without joining them, which would copy the data."""

@@ -385,6 +385,40 @@ def test_a_file_body_is_rewound_and_resent():
     assert len(attempts) == 2
 
 
+def test_a_file_on_disk_goes_from_its_position_and_again_after_a_reconnect(tmp_path):
+    """A regular file is sent by sendfile from where it was positioned; after a connection
+    lost mid-body it is sent again from there, and is left positioned at its end."""
+    data = os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"skipped" + data)
+    attempts = []
+
+    def serve(connection):
+        attempts.append(1)
+        if len(attempts) == 1:
+            drop_after_some_body(connection)
+            return
+        head = read_head(connection)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += connection.recv(65536)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(digest), digest))
+
+    with RawServer(serve) as server, open(path, "rb") as file:
+        file.seek(len(b"skipped"))
+        client = Client(server.url, high_water=64 * 1024)
+        response = client.request("PUT", "/item", body=file, expect_continue=False)
+        wait(client, response)
+        client.close()
+        position = file.tell()
+    assert response.error is None and response.body == hashlib.sha256(data).hexdigest().encode()
+    assert len(attempts) == 2
+    assert position == len(b"skipped") + len(data)
+
+
 # -- streamed downloads -------------------------------------------------------------------------
 
 def big_app(size, piece=32 * 1024):
