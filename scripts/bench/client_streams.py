@@ -82,6 +82,13 @@ def serve(args) -> None:
 
 # -- measuring (this process) -----------------------------------------------------------------
 
+def cpu_seconds() -> float:
+    """This process's CPU time, user and system: what a transfer cost the client, which
+    unlike its rate hardly depends on what else the machine runs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -286,15 +293,19 @@ def measure(url: str, args) -> dict:
     runs = [run for kind in kinds for run in kind]
     speeds: dict = {name: [] for name, _ in runs}
     growths: dict = {name: [] for name, _ in runs}
+    cpus: dict = {name: [] for name, _ in runs}
     for pair in kinds:
         for rep in range(args.reps):
             for name, run in (pair if rep % 2 == 0 else pair[::-1]):
+                before = cpu_seconds()
                 speed, growth = run(url, size)
+                cpus[name].append(round(cpu_seconds() - before, 3))
                 speeds[name].append(round(speed, 1))
                 growths[name].append(growth)
     for name, _ in runs:
         results[name] = {"mib_per_s": statistics.median(speeds[name]), "each": speeds[name],
-                         "rss_growth_mib": round(max(growths[name]) / MIB, 2)}
+                         "rss_growth_mib": round(max(growths[name]) / MIB, 2),
+                         "cpu_s": statistics.median(cpus[name]), "cpu_each": cpus[name]}
     results["concurrent"] = concurrent_downloads(url, args.streams, int(args.stream_mib * MIB),
                                                  args.high_water)
     if shutil.which("wrk"):
@@ -311,13 +322,14 @@ def measure(url: str, args) -> dict:
 def report(results: dict) -> None:
     up, down = results["hio_upload"], results["hio_download"]
     print(f"{results['size_mib']} MiB through the client, median of {results['reps']} "
-          f"(MiB/s, most RSS growth, ratio to urllib3):")
+          f"(MiB/s, client CPU s, most RSS growth, ratio to urllib3):")
     for kind, mine, theirs in (("upload", up, results["urllib3_upload"]),
                                ("download", down, results["urllib3_download"])):
-        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, RSS +{mine['rss_growth_mib']} "
-              f"MiB | urllib3 {theirs['mib_per_s']:8.1f} MiB/s, RSS +"
-              f"{theirs['rss_growth_mib']} MiB | ratio "
+        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, {mine['cpu_s']:.2f} s, RSS "
+              f"+{mine['rss_growth_mib']} MiB | urllib3 {theirs['mib_per_s']:8.1f} MiB/s, "
+              f"{theirs['cpu_s']:.2f} s, RSS +{theirs['rss_growth_mib']} MiB | ratio "
               f"{mine['mib_per_s'] / theirs['mib_per_s']:.2f}x")
+        print(f"            each: hio {mine['each']} | urllib3 {theirs['each']}")
     print("concurrent streamed downloads:", json.dumps(results["concurrent"]))
     if "json_plain" in results:
         plain, gzipped = results["json_plain"], results["json_gzip"]
