@@ -219,19 +219,30 @@ def concurrent_downloads(url: str, count: int, size: int, high_water: int) -> di
             "largest_buffer_kib": largest_buffer // 1024}
 
 
-def wrk(url: str, compressed: bool, seconds: int) -> dict:
+def wrk(url: str, compressed: bool, seconds: int, server_pid: int) -> dict:
     command = ["wrk", "-t1", "-c10", f"-d{seconds}s", url + "/json"]
     if compressed:
         command[1:1] = ["-H", "Accept-Encoding: gzip"]
     if shutil.which("taskset"):
         command = ["taskset", "-c", "1"] + command
+    before = process_cpu(server_pid)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    spent = process_cpu(server_pid) - before
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     if not rate:
         raise RuntimeError(f"wrk got no answer:\n{output}")
+    answered = int(re.search(r"(\d+) requests in", output).group(1))
     number, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output).groups()
     scale = {"B": 1, "KB": 1024, "MB": MIB, "GB": 1024 * MIB}[unit]
-    return {"requests_per_s": rate, "bytes_per_response": float(number) * scale / rate}
+    return {"requests_per_s": rate, "bytes_per_response": float(number) * scale / rate,
+            "server_cpu_us": round(spent / answered * 1e6, 1)}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _raise_file_limit() -> None:
@@ -264,7 +275,7 @@ def main() -> None:
         if shutil.which("taskset"):
             os.sched_setaffinity(0, {1})
         url = f"http://127.0.0.1:{port}"
-        results = measure(url, args)
+        results = measure(url, args, child.pid)
     finally:
         os.killpg(child.pid, signal.SIGTERM)
         try:
@@ -277,7 +288,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
 
-def measure(url: str, args) -> dict:
+def measure(url: str, args, server_pid: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from hio_http.tuning import keep_freed_memory
     # Both clients run in this process, under the malloc tuning the command line applies: a
@@ -311,11 +322,16 @@ def measure(url: str, args) -> dict:
     if shutil.which("wrk"):
         plains, gzips = [], []
         for _ in range(args.reps):  # interleaved too; the median by rate
-            plains.append(wrk(url, False, args.wrk_seconds))
-            gzips.append(wrk(url, True, args.wrk_seconds))
+            plains.append(wrk(url, False, args.wrk_seconds, server_pid))
+            gzips.append(wrk(url, True, args.wrk_seconds, server_pid))
         middle = len(plains) // 2
         results["json_plain"] = sorted(plains, key=lambda r: r["requests_per_s"])[middle]
         results["json_gzip"] = sorted(gzips, key=lambda r: r["requests_per_s"])[middle]
+        results["json_plain"]["cpu_each"] = [r["server_cpu_us"] for r in plains]
+        results["json_gzip"]["cpu_each"] = [r["server_cpu_us"] for r in gzips]
+        results["json_cpu_ratio"] = round(statistics.median(r["server_cpu_us"] for r in plains)
+                                          / statistics.median(r["server_cpu_us"] for r in gzips),
+                                          2)
     return results
 
 
@@ -338,6 +354,9 @@ def report(results: dict) -> None:
               f"({gzipped['bytes_per_response']:.0f} B): "
               f"{gzipped['requests_per_s'] / plain['requests_per_s']:.2f}x the rate, "
               f"{plain['bytes_per_response'] / gzipped['bytes_per_response']:.1f}x fewer bytes")
+        print(f"  server CPU per request (us): plain {plain['cpu_each']}, gzip "
+              f"{gzipped['cpu_each']}: gzip costs {1 / results['json_cpu_ratio']:.2f}x "
+              f"(the rate it allows: {results['json_cpu_ratio']:.2f}x)")
 
 
 if __name__ == "__main__":
