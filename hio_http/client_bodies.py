@@ -52,6 +52,7 @@ class RequestBody:
         self.started = False  # a byte (or a "not yet") has been asked of the source
         self._file: Any = None
         self._start = 0  # where the file was positioned: a resend starts there again
+        self.fileno: Optional[int] = None  # a regular file's descriptor: sent by sendfile
         self._iterator: Any = None
         self._source = source
         if source is None:
@@ -64,6 +65,8 @@ class RequestBody:
         elif hasattr(source, "read"):
             self._file = source
             self.length, self._start = _file_span(source)
+            if self.length is not None and not trailers:
+                self.fileno = _regular_fileno(source)
         elif isinstance(source, Iterable):
             self._iterator = iter(source)
         else:
@@ -155,6 +158,8 @@ class BodyWriter:
         `high_water` bytes, the source says "not yet", or `budget` bytes went out this turn;
         True once the body is complete (its end sent too)."""
         body = self.body
+        if body.fileno is not None and not connection.tls:
+            return self._write_file(connection, high_water, budget)
         moved = 0
         while not connection.closed and connection.pending < high_water and moved < budget:
             piece = body.pull(high_water)
@@ -164,13 +169,29 @@ class BodyWriter:
             if not piece:
                 return False
             moved += len(piece)
-            for part in self._frame(piece):
-                connection.send(part)
+            connection.send_parts(self._frame(piece))
         return False
 
+    def _write_file(self, connection, span: int, budget: int) -> bool:
+        """A regular file of known length goes by sendfile, `span` bytes at a time, each
+        queued once the one before has left: never read into memory, one copy fewer."""
+        body = self.body
+        body.started = True
+        assert body.fileno is not None and body.length is not None
+        moved = 0
+        while self.sent < body.length:
+            if connection.closed or connection.backlogged or moved >= budget:
+                return False
+            count = min(span, body.length - self.sent)
+            connection.sendfile(body.fileno, body._start + self.sent, count)
+            self.sent += count
+            moved += count
+        body._file.seek(body._start + body.length)  # where reading it would have left it
+        return True
+
     def _frame(self, piece: bytes) -> tuple:
-        """The piece with its framing, as parts sent one after another: joining them would
-        copy every byte of the body once more."""
+        """The piece with its framing, as parts sent together (one sendmsg): joining them
+        would copy every byte of the body once more, sending them apart costs three calls."""
         self.sent += len(piece)
         length = self.body.length
         if self.body.chunked:
@@ -196,12 +217,16 @@ class ResponseStream:
     `feed(data)` stores arriving bytes (compressed ones stay compressed until taken); `full`
     tells the session to stop reading the socket; `take()` returns what is ready, inflating at
     most `high_water` bytes at a time; with an `on_data` callback every piece is handed over as
-    it arrives instead, and nothing is kept.
+    it arrives instead, and nothing is kept. A coded body that inflates past `max_decoded`
+    bytes (None: no limit) is a ProtocolError: memory stays bounded either way, but a gzip
+    bomb would otherwise cost the consumer a thousand bytes of work or disk for each one sent.
     """
 
-    def __init__(self, high_water: int, on_data: Optional[Callable[[bytes], None]] = None):
+    def __init__(self, high_water: int, on_data: Optional[Callable[[bytes], None]] = None,
+                 max_decoded: Optional[int] = None):
         self.high_water = high_water
         self.on_data = on_data
+        self.max_decoded = max_decoded
         self.inflater: Optional[Inflater] = None
         self.received = 0  # body bytes as they came off the wire
         self.delivered = 0  # bytes taken or handed to on_data, decoded
@@ -281,11 +306,19 @@ class ResponseStream:
             raise error from ex
 
     def _inflate(self, limit: int) -> bytes:
+        """At most `limit` more decoded bytes (`delivered` does not count them yet)."""
         assert self.inflater is not None
+        bound = self.max_decoded
+        if bound is not None:  # one byte past the bound is enough to know it is passed
+            limit = min(limit, bound - self.delivered + 1)
         try:
-            return self.inflater.read(limit)
+            piece = self.inflater.read(limit)
         except DecodeError as ex:
             raise ProtocolError(str(ex)) from None
+        if bound is not None and self.delivered + len(piece) > bound:
+            raise ProtocolError(f"streamed response body larger than max_decoded ({bound} "
+                                f"bytes) once decoded")
+        return piece
 
     def _check_end(self) -> None:
         assert self.inflater is not None
@@ -344,6 +377,15 @@ def _file_span(file) -> tuple[Optional[int], int]:
     except (OSError, ValueError, io.UnsupportedOperation):
         return None, 0
     return max(0, end - position), position
+
+
+def _regular_fileno(file) -> Optional[int]:
+    """The descriptor of a regular file on disk (not a pipe, socket or in-memory file)."""
+    try:
+        fileno = file.fileno()
+        return fileno if stat.S_ISREG(os.fstat(fileno).st_mode) else None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def _check_trailers(trailers: list) -> None:

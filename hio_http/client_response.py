@@ -49,6 +49,9 @@ class Response:
         self._inflater: Optional[Inflater] = None  # a gathered body's content coding
         self._done_callbacks: list = []
         self._resume: Optional[Callable[[], None]] = None  # reading paused for a full stream
+        # Ends the exchange and its connection: the rest of a body that failed as it was taken
+        # (corrupt, or past max_decoded) must not be read into a stream nobody takes from.
+        self._abandon: Optional[Callable[[ClientError], None]] = None
 
     def __repr__(self) -> str:
         state = (f"error={self.error!r}" if self.error else
@@ -103,14 +106,22 @@ class Response:
 
     def take(self) -> bytes:
         """A streamed body's bytes that arrived since the last take (decoded), or b"". Once
-        `done` and take() returns b"", the body is over. Taking lets reading resume."""
+        `done` and take() returns b"", the body is over: check `error` then, since a coded
+        body's last bytes are decoded (and found corrupt, or past `max_decoded`) only as they
+        are taken. Taking lets reading resume."""
         stream = self._stream
         if stream is None:
             raise ValueError("take() is for streamed responses: request(..., stream=True)")
         try:
             data = stream.take()
         except ClientError as ex:
-            self._fail(ex)
+            abandon, self._abandon = self._abandon, None
+            if not self.done:
+                if abandon is not None:
+                    abandon(ex)  # fails this response too
+                self._fail(ex)
+            elif self.error is None:
+                self.error = ex  # all of it had arrived; the failure was in what was left
             return b""
         if self._resume is not None and not stream.full:
             resume, self._resume = self._resume, None
@@ -182,7 +193,7 @@ class Response:
         self.trailers = trailers
         self.error = error
         self.done = True
-        self._resume = None
+        self._resume = self._abandon = None
         callbacks, self._done_callbacks = self._done_callbacks, []
         for callback in callbacks:
             try:
@@ -205,4 +216,5 @@ class Response:
         self.headers, self.trailers, self._chunks, self._size = [], [], [], 0
         self._inflater = None
         if self._stream is not None:
-            self._stream = ResponseStream(self._stream.high_water, self._stream.on_data)
+            self._stream = ResponseStream(self._stream.high_water, self._stream.on_data,
+                                          self._stream.max_decoded)

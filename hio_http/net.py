@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, Union
 
 from .polling import READ, WRITE, Poller
 
@@ -255,6 +255,38 @@ class Connection:
         self._chunks.append(data)
         self.pending += len(data)
         self._want(self._events | WRITE)
+
+    @property
+    def backlogged(self) -> bool:
+        """Something waits to be sent: bytes, or a file span (which `pending` does not count)."""
+        return bool(self._chunks)
+
+    def send_parts(self, parts: Sequence[bytes]) -> None:
+        """Send buffers one after another (a chunk's size line, its data, its CRLF) in one
+        system call on plain TCP, and without joining them, which would copy the data."""
+        if self.closed:
+            return
+        if self._chunks or self.handshaking or self.tls:
+            for part in parts:
+                self.send(part)
+            return
+        try:
+            sent = self.sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except GONE as ex:
+            self._lost(ex)
+            return
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            rest = memoryview(part)[sent:] if sent else part
+            sent = 0
+            self._chunks.append(rest)
+            self.pending += len(rest)
+        if self._chunks:
+            self._want(self._events | WRITE)
 
     def sendfile(self, fd: int, offset: int, count: int) -> None:
         """Queue `count` bytes of file `fd` from `offset`, sent by os.sendfile (plain TCP only:

@@ -354,6 +354,9 @@ class Server(BaseServer):
             "REQUEST_URI": "", "SERVER_PROTOCOL": "", "wsgi.input": None,
             "hio_http.trailers": None,
         }
+        if settings.compress:  # so an app's 304 can carry the Vary and ETag of its 200; only
+            # then, as one more key grows every request's copy of this table
+            self._environ["hio_http.compression"] = self.compression
         return self
 
     def close(self) -> None:

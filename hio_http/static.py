@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import falcon
 
-from .compression import accepted_codings
+from .compression import accepted_codings, choose_coding
 
 __all__ = ["StaticSink"]
 
@@ -97,8 +97,7 @@ class StaticSink:
             resp.set_header("Vary", "Accept-Encoding")
         if sibling is not None and coding is not None:  # both or neither
             real, info = sibling
-            resp.set_header("Content-Encoding", coding)
-        self._serve(req, resp, real, info, name)
+        self._serve(req, resp, real, info, name, coding)
 
     # -- the path --------------------------------------------------------------------------
 
@@ -188,14 +187,25 @@ class StaticSink:
     # -- the response ----------------------------------------------------------------------
 
     def _serve(self, req: falcon.Request, resp: falcon.Response, real: str,
-               info: os.stat_result, name: str) -> None:
+               info: os.stat_result, name: str, coding: Optional[str]) -> None:
         size = info.st_size
         seconds = info.st_mtime_ns // 1_000_000_000
         etag = entity_tag(info)
         if _not_modified(req, etag, seconds):
-            resp.status = falcon.HTTP_304  # no body, no Content-Type (RFC 9110 §15.4.5)
+            # No body and no representation metadata (Content-Type, Content-Encoding), but the
+            # Vary and ETag the 200 would have carried (RFC 9110 §15.4.5), the server's own
+            # gzip included: a cache matches the stored answer by them.
+            resp.status = falcon.HTTP_304
+            if coding is None:
+                varies, compress = self._server_gzip(req, name, size)
+                if varies:
+                    resp.set_header("Vary", "Accept-Encoding")
+                if compress:
+                    etag = "W/" + etag
             self._set_validators(resp, etag, seconds)
             return
+        if coding is not None:
+            resp.set_header("Content-Encoding", coding)
         span = _requested_span(req, etag, seconds, size)  # may raise 416
         # HEAD opens nothing: falcon drops a HEAD body without closing its stream.
         file = None if req.method == "HEAD" else _open_same_file(real, info)
@@ -214,6 +224,17 @@ class StaticSink:
         if body is not None:
             wrapper = req.env.get("wsgi.file_wrapper")
             resp.stream = wrapper(body, self.block_size) if wrapper else body
+
+    def _server_gzip(self, req: falcon.Request, name: str, size: int) -> tuple[bool, bool]:
+        """(varies, compress): what the server's `compress` setting would make of this file's
+        200 answer (the server tells its policy in the environ; it cannot see a 304's type)."""
+        policy = req.env.get("hio_http.compression")
+        if policy is None:
+            return False, False
+        headers = [("Content-Type", content_type_of(name))]
+        if self.cache_control is not None:
+            headers.append(("Cache-Control", self.cache_control))
+        return choose_coding(policy, 200, headers, req.get_header("Accept-Encoding"), size)
 
     def _set_validators(self, resp: falcon.Response, etag: str, seconds: int) -> None:
         resp.set_header("ETag", etag)

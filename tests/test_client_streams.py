@@ -181,6 +181,48 @@ def test_chunked_upload_with_trailers_to_the_standard_library():
     assert seen["declared"] == "X-Sum, X-Parts"
 
 
+class Quiet:
+    """A net.Connection handler that ignores every event."""
+
+    def connected(self): pass
+
+    def received(self, data): pass
+
+    def ended(self): pass
+
+    def drained(self): pass
+
+    def closed(self): pass
+
+
+def test_parts_sent_together_keep_their_order_through_partial_sends():
+    """A chunk goes out as size line, data and CRLF in one sendmsg; what the socket does not
+    take waits, part by part, behind it."""
+    from hio_http.net import Connection
+    from hio_http.polling import Poller
+    writer, reader = socket.socketpair()
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.setblocking(False)
+    reader.settimeout(5)
+    poller = Poller()
+    connection = Connection(writer, None, poller, Quiet())
+    parts = [os.urandom(size) for size in (5, 300_000, 2, 7, 100_000, 2)]
+    connection.send_parts(parts[:3])
+    cut = connection.pending
+    connection.send_parts(parts[3:])
+    expected = b"".join(parts)
+    received = bytearray()
+    deadline = time.monotonic() + 10
+    while len(received) < len(expected) and time.monotonic() < deadline:
+        received += reader.recv(65536)
+        poller.poll(0)
+    connection.close()
+    reader.close()
+    poller.close()
+    assert 0 < cut < 300_007  # the first call was cut short inside a part
+    assert bytes(received) == expected
+
+
 def test_file_upload_of_known_length(tmp_path):
     path = tmp_path / "upload.bin"
     data = os.urandom(3 * 1024 * 1024 + 17)
@@ -341,6 +383,40 @@ def test_a_file_body_is_rewound_and_resent():
         client.close()
     assert response.error is None and response.body == hashlib.sha256(data).hexdigest().encode()
     assert len(attempts) == 2
+
+
+def test_a_file_on_disk_goes_from_its_position_and_again_after_a_reconnect(tmp_path):
+    """A regular file is sent by sendfile from where it was positioned; after a connection
+    lost mid-body it is sent again from there, and is left positioned at its end."""
+    data = os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"skipped" + data)
+    attempts = []
+
+    def serve(connection):
+        attempts.append(1)
+        if len(attempts) == 1:
+            drop_after_some_body(connection)
+            return
+        head = read_head(connection)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += connection.recv(65536)
+        digest = hashlib.sha256(body).hexdigest().encode()
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                           % (len(digest), digest))
+
+    with RawServer(serve) as server, open(path, "rb") as file:
+        file.seek(len(b"skipped"))
+        client = Client(server.url, high_water=64 * 1024)
+        response = client.request("PUT", "/item", body=file, expect_continue=False)
+        wait(client, response)
+        client.close()
+        position = file.tell()
+    assert response.error is None and response.body == hashlib.sha256(data).hexdigest().encode()
+    assert len(attempts) == 2
+    assert position == len(b"skipped") + len(data)
 
 
 # -- streamed downloads -------------------------------------------------------------------------
@@ -541,6 +617,84 @@ def test_a_streamed_gzip_bomb_is_inflated_only_as_taken():
         client.close()
     assert held <= compressed  # still compressed: nothing inflated before it was asked for
     assert len(first) == 64 * 1024  # one take inflates at most the high-water mark
+
+
+class EndlessBomb:
+    """Serves a chunked gzip body of zeros, a MiB of them per ~1 KiB chunk, until the client
+    goes away or `most` MiB were sent; counts what it sent."""
+
+    def __init__(self, most=4096):
+        self.most = most
+        self.sent_mib = 0
+        self.cut_short = threading.Event()
+
+    def __call__(self, connection):
+        read_head(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                           b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros = b"\0" * (1024 * 1024)
+        try:
+            for _ in range(self.most):
+                piece = compressor.compress(zeros) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.sent_mib += 1
+        except OSError:
+            self.cut_short.set()  # the client dropped the connection
+
+
+@pytest.mark.parametrize("consumer", ["take", "on_data"])
+def test_a_streamed_gzip_bomb_stops_at_max_decoded(consumer):
+    """A streamed body has no max_body, but a coded one stops at max_decoded: the response
+    fails with a clear error and the connection is dropped, so the server stops sending."""
+    limit = 8 * 1024 * 1024
+    bomb = EndlessBomb()
+    received = []
+    with RawServer(bomb) as server:
+        client = Client(server.url, high_water=64 * 1024, max_decoded=limit)
+        if consumer == "take":
+            response = client.get("/bomb", stream=True)
+            wait(client, lambda: received.append(len(response.take())) or response.done,
+                 timeout=30)
+        else:
+            response = client.get("/bomb", on_data=lambda data: received.append(len(data)))
+            wait(client, response, timeout=30)
+        assert bomb.cut_short.wait(10)
+        after = client.get("/again", stream=True)  # a new connection: the old one is gone
+        wait(client, lambda: after.status is not None, timeout=10)
+        client.close()
+    assert isinstance(response.error, ProtocolError)
+    assert "max_decoded" in str(response.error) and "decoded" in str(response.error)
+    assert limit - 64 * 1024 <= sum(received) <= limit
+    assert bomb.sent_mib < bomb.most
+    assert server.connections == 2 and after.status == 200
+
+
+def test_max_decoded_allows_a_body_of_exactly_its_size():
+    data = b"text " * (256 * 1024)  # 1.25 MiB decoded
+
+    def serve(connection):
+        read_head(connection)
+        coded = gzip.compress(data)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(coded), coded))
+
+    results = {}
+    for limit in (len(data), len(data) - 1):
+        taken = []
+        with RawServer(serve) as server:
+            client = Client(server.url, high_water=64 * 1024, max_decoded=limit)
+            response = client.get("/", stream=True)
+            # All of it arrives (done) before most is decoded: the limit applies as it is taken.
+            wait(client, lambda: response.done)
+            while piece := response.take():
+                taken.append(piece)
+            client.close()
+        results[limit] = (response.error, b"".join(taken))
+    assert results[len(data)] == (None, data)
+    error, partial = results[len(data) - 1]
+    assert isinstance(error, ProtocolError) and "max_decoded" in str(error)
+    assert len(partial) < len(data)
 
 
 def test_a_truncated_gzip_body_is_an_error():

@@ -338,6 +338,41 @@ def test_static_files_are_compressed_on_the_fly_but_not_ranges(site):
     assert again.status_code == 304  # the weak tag still validates
 
 
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_304_carries_the_vary_and_etag_its_200_would(site, compress):
+    """RFC 9110 §15.4.5: a 304 sends the Vary and ETag of the 200 it stands for (the server's
+    own gzip included, though a 304 has no Content-Type to decide by) and no Content-Encoding."""
+    cases = [("/s/app.js", "gzip"), ("/s/app.js", "identity"), ("/s/style.css", "gzip"),
+             ("/s/style.css", "identity")]
+    answers = []
+    with serve_in_thread(site, compress=compress) as server:
+        client = Client(server.url)
+        for path, accept in cases:
+            first = client.get(path, headers={"Accept-Encoding": accept})
+            client.run_until(first, timeout=10)
+            again = client.get(path, headers={"Accept-Encoding": accept,
+                                              "If-None-Match": first.header("etag")})
+            client.run_until(again, timeout=10)
+            answers.append((first, again))
+        client.close()
+        by_requests = requests.get(server.url + "/s/style.css",
+                                   headers={"If-None-Match": answers[2][0].header("etag")})
+    for (path, accept), (first, again) in zip(cases, answers):
+        assert first.status == 200 and again.status == 304, (path, accept)
+        assert again.header("vary") == first.header("vary"), (path, accept)
+        assert again.header("etag") == first.header("etag"), (path, accept)
+        assert again.header("content-encoding") is None and again.body == b""
+    app_js_gzip, app_js_plain, css_gzip, css_plain = (first for first, _ in answers)
+    assert app_js_gzip.header("content-encoding") == "gzip"  # the sibling
+    assert app_js_plain.header("vary") == "Accept-Encoding"  # a sibling exists: always varies
+    assert (css_gzip.header("vary") == "Accept-Encoding") is compress
+    assert css_gzip.header("etag").startswith('W/"') is compress  # gzipped on the fly
+    assert not css_plain.header("etag").startswith("W/")
+    assert by_requests.status_code == 304
+    assert by_requests.headers.get("Vary") == css_gzip.header("vary")
+    assert by_requests.headers["ETag"] == css_gzip.header("etag")
+
+
 def test_a_compressed_upload_reaches_the_app_as_it_came():
     """The server inflates no request body, so a gzip bomb sent to it is only its own size."""
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)

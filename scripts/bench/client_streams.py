@@ -72,7 +72,7 @@ def serve(args) -> None:
     app.add_route("/json", Document())
     _raise_file_limit()
     keep_freed_memory()  # as the command line does
-    server = Server(app, host="127.0.0.1", port=0, compress=True, max_body=1 << 40,
+    server = Server(app, host="127.0.0.1", port=args.port, compress=True, max_body=1 << 40,
                     max_connections=args.streams + 100, backlog=4096)
     server.open()
     print(json.dumps({"port": server.address[1]}), flush=True)
@@ -81,6 +81,13 @@ def serve(args) -> None:
 
 
 # -- measuring (this process) -----------------------------------------------------------------
+
+def cpu_seconds() -> float:
+    """This process's CPU time, user and system: what a transfer cost the client, which
+    unlike its rate hardly depends on what else the machine runs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 
 def rss() -> int:
     with open("/proc/self/statm") as statm:
@@ -212,19 +219,30 @@ def concurrent_downloads(url: str, count: int, size: int, high_water: int) -> di
             "largest_buffer_kib": largest_buffer // 1024}
 
 
-def wrk(url: str, compressed: bool, seconds: int) -> dict:
+def wrk(url: str, compressed: bool, seconds: int, server_pid: int) -> dict:
     command = ["wrk", "-t1", "-c10", f"-d{seconds}s", url + "/json"]
     if compressed:
         command[1:1] = ["-H", "Accept-Encoding: gzip"]
     if shutil.which("taskset"):
         command = ["taskset", "-c", "1"] + command
+    before = process_cpu(server_pid)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    spent = process_cpu(server_pid) - before
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     if not rate:
         raise RuntimeError(f"wrk got no answer:\n{output}")
+    answered = int(re.search(r"(\d+) requests in", output).group(1))
     number, unit = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", output).groups()
     scale = {"B": 1, "KB": 1024, "MB": MIB, "GB": 1024 * MIB}[unit]
-    return {"requests_per_s": rate, "bytes_per_response": float(number) * scale / rate}
+    return {"requests_per_s": rate, "bytes_per_response": float(number) * scale / rate,
+            "server_cpu_us": round(spent / answered * 1e6, 1)}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _raise_file_limit() -> None:
@@ -242,6 +260,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="transfers of each kind (median)")
     parser.add_argument("--out")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # with --serve
     args = parser.parse_args()
     if args.serve:
         serve(args)
@@ -256,7 +275,7 @@ def main() -> None:
         if shutil.which("taskset"):
             os.sched_setaffinity(0, {1})
         url = f"http://127.0.0.1:{port}"
-        results = measure(url, args)
+        results = measure(url, args, child.pid)
     finally:
         os.killpg(child.pid, signal.SIGTERM)
         try:
@@ -269,7 +288,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
 
-def measure(url: str, args) -> dict:
+def measure(url: str, args, server_pid: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from hio_http.tuning import keep_freed_memory
     # Both clients run in this process, under the malloc tuning the command line applies: a
@@ -285,38 +304,48 @@ def measure(url: str, args) -> dict:
     runs = [run for kind in kinds for run in kind]
     speeds: dict = {name: [] for name, _ in runs}
     growths: dict = {name: [] for name, _ in runs}
+    cpus: dict = {name: [] for name, _ in runs}
     for pair in kinds:
         for rep in range(args.reps):
             for name, run in (pair if rep % 2 == 0 else pair[::-1]):
+                before = cpu_seconds()
                 speed, growth = run(url, size)
+                cpus[name].append(round(cpu_seconds() - before, 3))
                 speeds[name].append(round(speed, 1))
                 growths[name].append(growth)
     for name, _ in runs:
         results[name] = {"mib_per_s": statistics.median(speeds[name]), "each": speeds[name],
-                         "rss_growth_mib": round(max(growths[name]) / MIB, 2)}
+                         "rss_growth_mib": round(max(growths[name]) / MIB, 2),
+                         "cpu_s": statistics.median(cpus[name]), "cpu_each": cpus[name]}
     results["concurrent"] = concurrent_downloads(url, args.streams, int(args.stream_mib * MIB),
                                                  args.high_water)
     if shutil.which("wrk"):
         plains, gzips = [], []
         for _ in range(args.reps):  # interleaved too; the median by rate
-            plains.append(wrk(url, False, args.wrk_seconds))
-            gzips.append(wrk(url, True, args.wrk_seconds))
+            plains.append(wrk(url, False, args.wrk_seconds, server_pid))
+            gzips.append(wrk(url, True, args.wrk_seconds, server_pid))
         middle = len(plains) // 2
         results["json_plain"] = sorted(plains, key=lambda r: r["requests_per_s"])[middle]
         results["json_gzip"] = sorted(gzips, key=lambda r: r["requests_per_s"])[middle]
+        results["json_plain"]["cpu_each"] = [r["server_cpu_us"] for r in plains]
+        results["json_gzip"]["cpu_each"] = [r["server_cpu_us"] for r in gzips]
+        results["json_cpu_ratio"] = round(statistics.median(r["server_cpu_us"] for r in plains)
+                                          / statistics.median(r["server_cpu_us"] for r in gzips),
+                                          2)
     return results
 
 
 def report(results: dict) -> None:
     up, down = results["hio_upload"], results["hio_download"]
     print(f"{results['size_mib']} MiB through the client, median of {results['reps']} "
-          f"(MiB/s, most RSS growth, ratio to urllib3):")
+          f"(MiB/s, client CPU s, most RSS growth, ratio to urllib3):")
     for kind, mine, theirs in (("upload", up, results["urllib3_upload"]),
                                ("download", down, results["urllib3_download"])):
-        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, RSS +{mine['rss_growth_mib']} "
-              f"MiB | urllib3 {theirs['mib_per_s']:8.1f} MiB/s, RSS +"
-              f"{theirs['rss_growth_mib']} MiB | ratio "
+        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, {mine['cpu_s']:.2f} s, RSS "
+              f"+{mine['rss_growth_mib']} MiB | urllib3 {theirs['mib_per_s']:8.1f} MiB/s, "
+              f"{theirs['cpu_s']:.2f} s, RSS +{theirs['rss_growth_mib']} MiB | ratio "
               f"{mine['mib_per_s'] / theirs['mib_per_s']:.2f}x")
+        print(f"            each: hio {mine['each']} | urllib3 {theirs['each']}")
     print("concurrent streamed downloads:", json.dumps(results["concurrent"]))
     if "json_plain" in results:
         plain, gzipped = results["json_plain"], results["json_gzip"]
@@ -325,6 +354,9 @@ def report(results: dict) -> None:
               f"({gzipped['bytes_per_response']:.0f} B): "
               f"{gzipped['requests_per_s'] / plain['requests_per_s']:.2f}x the rate, "
               f"{plain['bytes_per_response'] / gzipped['bytes_per_response']:.1f}x fewer bytes")
+        print(f"  server CPU per request (us): plain {plain['cpu_each']}, gzip "
+              f"{gzipped['cpu_each']}: gzip costs {1 / results['json_cpu_ratio']:.2f}x "
+              f"(the rate it allows: {results['json_cpu_ratio']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ changes can be compared on a busy machine where req/s figures swing.
 
     python scripts/bench/instructions.py                       # hio_http CLI, /hello, c=10
     python scripts/bench/instructions.py --path /json --connections 1
+    python scripts/bench/instructions.py --path /json --header "Accept-Encoding: gzip" \
+        -- python client_streams.py --serve --port {port}      # the 11 KiB JSON, gzipped
     python scripts/bench/instructions.py -- python host_bjoern.py --port {port}
 
 The server runs under `valgrind --tool=callgrind` twice, answering `--requests` and then three
@@ -43,10 +45,12 @@ def wait_listening(port: int, deadline: float) -> None:
     raise SystemExit(f"server did not listen on {port}")
 
 
-def drive(port: int, path: str, connections: int, requests: int, close: bool) -> None:
+def drive(port: int, path: str, connections: int, requests: int, close: bool,
+          headers: list) -> None:
     """Send `requests` GETs over `connections` keep-alive connections, one in flight on each
     (as wrk does), and read every response whole (Content-Length framing)."""
     request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               + "".join(f"{header}\r\n" for header in headers)
                + ("Connection: close\r\n" if close else "") + "\r\n").encode()
     selector = selectors.DefaultSelector()
     left = requests
@@ -88,7 +92,8 @@ def drive(port: int, path: str, connections: int, requests: int, close: bool) ->
                 sock.close()
 
 
-def count(command: list, path: str, connections: int, requests: int, close: bool) -> int:
+def count(command: list, path: str, connections: int, requests: int, close: bool,
+          headers: list) -> int:
     """Total instructions of one server run that answered `requests` requests."""
     port = free_port()
     argv = [arg.replace("{port}", str(port)) for arg in command]
@@ -99,7 +104,7 @@ def count(command: list, path: str, connections: int, requests: int, close: bool
             cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             wait_listening(port, time.monotonic() + 120)
-            drive(port, path, connections, requests, close)
+            drive(port, path, connections, requests, close, headers)
         finally:
             os.killpg(server.pid, signal.SIGINT)
             _, errors = server.communicate(timeout=120)
@@ -115,17 +120,21 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--close", action="store_true", help="Connection: close requests")
+    parser.add_argument("--header", action="append", default=[],
+                        help='a request header field, e.g. "Accept-Encoding: gzip" (repeatable)')
     parser.add_argument("command", nargs="*", help="server argv ({port} is replaced); default: "
                         "this interpreter's hio_http CLI serving apps:app")
     options = parser.parse_args()
     command = options.command or [sys.executable, "-m", "hio_http", "--bind",
                                   "127.0.0.1:{port}", "apps:app"]
-    few = count(command, options.path, options.connections, options.requests, options.close)
+    few = count(command, options.path, options.connections, options.requests, options.close,
+                options.header)
     many = count(command, options.path, options.connections, 3 * options.requests,
-                 options.close)
+                 options.close, options.header)
     per_request = (many - few) / (2 * options.requests)
     print(f"{per_request:,.0f} instructions per request ({options.path}, "
-          f"c={options.connections}{', close' if options.close else ''})")
+          f"c={options.connections}{', close' if options.close else ''}"
+          f"{''.join(', ' + header for header in options.header)})")
 
 
 if __name__ == "__main__":
