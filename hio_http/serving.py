@@ -356,7 +356,7 @@ class Server(BaseServer):
         }
         if settings.compress:  # so an app's 304 can carry the Vary and ETag of its 200; only
             # then, as one more key grows every request's copy of this table
-            self._environ["hio_http.compression"] = self.compression
+            self._environ["hio_http.compression"] = self.response_settings.compression
         return self
 
     def close(self) -> None:
