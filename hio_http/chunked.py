@@ -73,6 +73,11 @@ class ChunkedDecoder:
         self._line = b""  # the start of a line whose end has not arrived
         self._trailer_bytes = 0  # field lines of the trailer section, CRLFs counted
 
+    @property
+    def data_left(self) -> int:
+        """Bytes of the current chunk's data still to come (0 outside a chunk's data)."""
+        return self._left if self._state == _DATA else 0
+
     def feed(self, data: bytes) -> int:
         """Decode `data`. Return -1 while the body goes on, else the offset in `data` just
         past its end: what follows belongs to the next request. Raise ChunkedError on bad

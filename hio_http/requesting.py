@@ -225,6 +225,12 @@ class Requestant:
                 self._head_tail = (self._head_tail + data[-3:])[-3:]
             return
 
+    def chunk_data_left(self) -> int:
+        """Bytes of a chunked body's current chunk data still to come: sure to be body, so a
+        feed may be that much longer and still end no further than the next chunk line."""
+        decoder = self._decoder
+        return 0 if decoder is None else decoder.data_left
+
     def close(self) -> None:
         """Release the bodies (maybe temporary files) of unfinished and queued requests.
 

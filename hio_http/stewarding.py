@@ -301,8 +301,8 @@ class Steward:
                 current = requestant.current
                 if current is not None and current.content_length is not None:
                     step = max(current.content_length - current.body_size, 1)
-                else:
-                    step = PARSE_SLICE
+                else:  # a head, or a chunked body: a slice beyond the chunk data under way
+                    step = PARSE_SLICE + requestant.chunk_data_left()
                 requestant.feed(data if step >= size and not offset else
                                 data[offset:offset + step])
                 offset += step

@@ -214,3 +214,31 @@ def test_any_chunking_and_spacing_of_a_body_reaches_the_app_as_that_body(server,
         assert json.loads(second[1])["path"] == "/next"
     finally:
         sock.close()
+
+
+def test_large_chunks_are_parsed_in_the_pieces_they_arrive_in(serve, monkeypatch):
+    """Chunk data is sure to be body: it goes to the parser as it arrives, not in the small
+    slices that bound how many pipelined heads one read can queue."""
+    from hio_http.requesting import Requestant
+
+    feeds = []
+    feed = Requestant.feed
+
+    def counted_feed(self, data):
+        feeds.append(len(data))
+        return feed(self, data)
+
+    def length_app(environ, start_response):
+        size = len(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(size).encode()]
+
+    monkeypatch.setattr(Requestant, "feed", counted_feed)
+    server = serve(length_app, validate=False)
+    chunk = b"y" * (1 << 20)
+    body = b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(4)) + b"0\r\n\r\n"
+    with raw_connect(server) as sock:
+        sock.sendall(HEAD + body)
+        ((status, answer),) = read_responses(sock, 1, timeout=20)
+    assert status == "HTTP/1.1 200 OK" and answer == str(4 << 20).encode()
+    assert len(feeds) < 200, f"{len(feeds)} feeds for 4 MiB"  # 4 KiB slices: over 1,000
