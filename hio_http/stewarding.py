@@ -38,7 +38,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, P
 
 from .hosting import Host, Hosted
 from .net import Connection, ConnectionHandler
-from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
+from .forwarding import FORWARDING_KEYS, apply_forwarding
+from .proxy_protocol import ProxyProtocolError, parse_proxy_header
 from .framing import DONE, WAITING, BaseResponder, ResponseSettings
 from .requesting import Request, RequestError, Requestant
 from .responding import BareResponder, CustomResponder, Responder
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .polling import Poller
     from .pool import AppPool
-    from .proxying import TrustedPeers
+    from .forwarding import TrustedPeers
     from .requesting import Limits
     from .settings import Settings
     from .stalls import StallWatch
