@@ -163,7 +163,7 @@ class UpgradeHost(Host, Protocol):
 
 class UpgradingSteward(Protocol):
     """What the handshake uses of the Steward that met the upgrade request (stewarding.Steward,
-    which calls `upgrade` as its stewarding.Upgrade)."""
+    which calls `upgrade` as its hosting.Upgrade)."""
 
     @property
     def server(self) -> UpgradeHost: ...
