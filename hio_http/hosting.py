@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .net import Connection
     from .polling import Poller
     from .pool import AppPool
-    from .requesting import Limits, Request
+    from .request import Limits, Request
     from .settings import Settings
     from .stalls import StallWatch
     from .wsgi import WSGIApp
