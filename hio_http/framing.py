@@ -96,7 +96,7 @@ class Outlet(Protocol):
 
 
 class RequestHead(Protocol):
-    """What a responder needs of the request it answers: a requesting.Request, or what stands in
+    """What a responder needs of the request it answers: a request.Request, or what stands in
     for one whose head never parsed."""
 
     method: str

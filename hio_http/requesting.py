@@ -3,6 +3,7 @@
 `Requestant` wraps llhttp (through httptools) and adds the limits and strictness checks a
 server needs. It never touches sockets, clocks or logs: the caller feeds it bytes and reads
 completed requests from `requests`, or catches `RequestError` and answers with its status.
+Those types, and the `Limits` it enforces, are request.py's; they are named here too.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import collections
 import io
 import tempfile
-from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, cast
 
 import httptools
 
 from .chunked import ChunkedDecoder, ChunkedError
+from .request import Limits, Request, RequestError
 
 __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 
@@ -79,67 +80,8 @@ _LOWER_NAMES = {name: name.lower() for name in
 _LINE_OVERHEAD = 12
 
 
-class RequestError(Exception):
-    """Malformed or unacceptable request; carries the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(status, message)
-        self.status = status
-        self.message = message  # short, plain text, never echoes client bytes
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.message}"
-
-
 class _StopParser(Exception):
     """Raised in a callback to stop llhttp where it is: httptools has no pause."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request may make the server hold; each breach has its own status."""
-
-    max_request_line: int = 8190      # "METHOD target HTTP/1.1\r\n"; over -> 414
-    max_header_bytes: int = 65536     # header (or trailer) section; over -> 431
-    max_header_count: int = 100       # field lines per section; over -> 431
-    max_body: int = 1 << 30           # body bytes; over -> 413
-    spill_threshold: int = 1 << 20    # bodies above this go to a temporary file
-
-    def __post_init__(self) -> None:
-        for name in ("max_request_line", "max_header_bytes", "max_header_count",
-                     "max_body", "spill_threshold"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"Limits.{name} must be a non-negative int")
-
-
-@dataclass(eq=False, slots=True)
-class Request:
-    """One parsed request. Strings are latin-1 decoded; target, path and query stay
-    percent-encoded exactly as sent. `body` is positioned at 0 once `complete`."""
-
-    method: str = "GET"
-    target: str = "/"
-    path: str = "/"
-    query: str = ""
-    version: str = "1.1"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    body: BinaryIO = field(default_factory=io.BytesIO)
-    body_size: int = 0
-    content_length: int | None = None
-    chunked: bool = False
-    keep_alive: bool = True
-    expect_continue: bool = False
-    upgrade: str | None = None
-    complete: bool = False
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """Return the first value of header `name` (case-insensitive), else `default`."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
 
 
 class Requestant:

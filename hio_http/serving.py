@@ -32,7 +32,7 @@ from .hosting import Hosted
 from .net import Acceptor, Address
 from .polling import Poller, join_loop, leave_loop, poller_of
 from .pool import AppPool
-from .proxying import TrustedPeers
+from .forwarding import TrustedPeers
 from .settings import Settings
 from .stalls import StallWatch, stall_watch_of
 # Steward, WSGISteward and is_event_stream are the connection's side (stewarding.py); their

@@ -11,7 +11,7 @@ import ssl
 from typing import Any, Optional
 
 from .compression import Compression
-from .requesting import Limits
+from .request import Limits
 
 
 def setting(default: Any, help: str, *, cli: bool = True) -> Any:

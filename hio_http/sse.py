@@ -92,7 +92,7 @@ def last_event_id(source) -> Optional[str]:
         value = source.get("HTTP_LAST_EVENT_ID")
     elif hasattr(source, "get_header"):  # falcon.Request
         value = source.get_header("Last-Event-ID")
-    else:  # hio_http.requesting.Request
+    else:  # hio_http.request.Request
         value = source.header("last-event-id")
     if not value:
         return None

@@ -33,36 +33,29 @@ import termios
 import time
 from collections import deque
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol,
-                    TypeGuard, Union)
+from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeGuard
 
-from .hosting import Host, Hosted
-from .net import Connection, ConnectionHandler
-from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
-from .framing import DONE, WAITING, BaseResponder, ResponseSettings
+from .hosting import (Answer, BareHandler, StewardHost, Switched, TrafficObserver, Upgrade,
+                      WSGIHost)
+from .net import Connection
+from .forwarding import FORWARDING_KEYS, apply_forwarding
+from .proxy_protocol import ProxyProtocolError, parse_proxy_header
+from .framing import DONE, WAITING, BaseResponder
 from .requesting import Request, RequestError, Requestant
 from .responding import BareResponder, CustomResponder, Responder
 from .threaded import ThreadedResponder
 from .wsgi import StartResponse, WSGIApp, build_environ
 
 if TYPE_CHECKING:
-    from .accesslog import AccessLog
-    from .polling import Poller
-    from .pool import AppPool
-    from .proxying import TrustedPeers
-    from .requesting import Limits
     from .settings import Settings
-    from .stalls import StallWatch
 
 
 logger = logging.getLogger("hio_http.server")
 
 __all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "BareHandler", "WSGIApp",
-           "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream"]
+           "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream",
+           "StewardHost", "WSGIHost", "Switched"]  # the Protocols: hosting's, named here too
 
-# What `respond()` and `upgrade()` may return: a responder made for the request on this
-# connection, or an answer the Steward writes with a BareResponder.
-Answer = Union[BaseResponder, CustomResponder]
 NOT_FOUND = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
 SERVER_ERROR = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
 NO_WEBSOCKETS = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
@@ -70,43 +63,6 @@ NO_WEBSOCKETS = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-
 
 PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
-
-
-class BareHandler(Protocol):
-    """A bare handler (`BareServer(handler=...)`): called once per request on the loop, it
-    returns the answer (typically a CustomResponder, or a responder made for the request), or
-    None for "not yet" (it is called again on a later pass)."""
-
-    def __call__(self, request: Request, /) -> Optional[Answer]: ...
-
-
-class Upgrade(Protocol):
-    """The WebSocket handshake a server resolves once when given `websockets=` (it is
-    websocket.upgrade): switch the steward's connection (Steward.switch) and return None, or
-    return the answer that refuses the request."""
-
-    def __call__(self, steward: Steward, request: Request, /) -> Optional[Answer]: ...
-
-
-class Switched(Hosted, ConnectionHandler, Protocol):
-    """What a connection speaks after `Steward.switch`: its events come there, it stands in the
-    server's stewards, and `start(leftover)` hands it the bytes after the upgrade request."""
-
-    def start(self, leftover: bytes) -> None: ...
-
-
-class TrafficObserver(Protocol):
-    """What a server tells of its traffic, when given one (hio_http.metrics.Metrics is)."""
-
-    received: int  # bytes read from clients, added to as they come
-    # Four items per finished response: its duration in seconds, the request's method, the
-    # status line ("" when none was set) and the body bytes sent. A list the Steward extends,
-    # rather than a method it calls: a call would cost a request more than the rest together.
-    noted: list[object]
-    due: float  # when, on the server's clock, `refresh` wants its next call
-
-    def refresh(self, now: float) -> None:
-        """Publish what was counted (the ServerDoer calls it on its turns once `due`)."""
 
 
 class State(enum.Enum):
@@ -132,55 +88,6 @@ DEADLINES: dict[State, Optional[str]] = {
     State.HEAD: "header_timeout", State.BODY: "body_timeout",
     State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
 _DEFAULT: Any = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
-
-
-class StewardHost(Host, Protocol):
-    """What a Steward uses of its server (serving.BaseServer, which imports this module)."""
-
-    served: int  # responses finished, counted here
-    stewards: set[Hosted]
-
-    @property
-    def limits(self) -> Limits: ...
-    @property
-    def poller(self) -> Optional[Poller]: ...
-    @property
-    def response_settings(self) -> ResponseSettings: ...
-    @property
-    def handler(self) -> Optional[BareHandler]: ...
-    @property
-    def websocket_upgrade(self) -> Optional[Upgrade]: ...
-    @property
-    def websockets(self) -> Mapping[str, Callable[[], Any]]:
-        """What the upgrade reads of the server this Steward hands it: the endpoints (Any:
-        their handlers are websocket's, a module this one never names)."""
-    @property
-    def pool(self) -> Optional[AppPool]: ...
-    @property
-    def stalls(self) -> Optional[StallWatch]: ...
-    @property
-    def access(self) -> Optional[AccessLog]: ...
-    @property
-    def metrics(self) -> Optional[TrafficObserver]: ...
-    @property
-    def timed(self) -> bool: ...
-    @property
-    def sweep_interval(self) -> float: ...
-
-    def trusts(self, peer: object) -> bool: ...
-
-    def drain_left(self) -> float: ...
-
-
-class WSGIHost(StewardHost, Protocol):
-    """What a WSGISteward uses of its server besides (serving.Server)."""
-
-    @property
-    def app(self) -> WSGIApp: ...
-    @property
-    def trusted(self) -> TrustedPeers: ...
-
-    def connection_environ(self, peer: object) -> dict[str, Any]: ...
 
 
 class Steward:

@@ -45,7 +45,7 @@ from wsproto.utilities import ProtocolError, RemoteProtocolError
 
 from .hosting import Host
 from .net import Connection
-from .requesting import Request
+from .request import Request
 from .framing import BaseResponder
 from .responding import CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
@@ -163,7 +163,7 @@ class UpgradeHost(Host, Protocol):
 
 class UpgradingSteward(Protocol):
     """What the handshake uses of the Steward that met the upgrade request (stewarding.Steward,
-    which calls `upgrade` as its stewarding.Upgrade)."""
+    which calls `upgrade` as its hosting.Upgrade)."""
 
     @property
     def server(self) -> UpgradeHost: ...

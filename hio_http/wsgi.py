@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, P
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
-    from .requesting import Request
+    from .request import Request
 
 __all__ = ["Environ", "ExcInfo", "StartResponse", "WSGIApp", "Readable", "ErrorStream",
            "FileWrapper", "regular_file_span", "environ_key", "build_environ"]
