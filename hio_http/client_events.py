@@ -10,9 +10,9 @@ import logging
 from typing import Optional
 
 from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
+from .client_exchange import Exchange, Headers, due, header_list
 from .client_response import Response
-from .client_session import (Exchange, Headers, Session, SessionState, StreamClient, due,
-                             header_list)
+from .client_session import Session, SessionState, StreamClient
 
 logger = logging.getLogger("hio_http.client")
 

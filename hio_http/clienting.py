@@ -54,11 +54,12 @@ from urllib.parse import urljoin, urlsplit
 
 from .client_bodies import BodyError, FileTarget, RequestBody, ResponseStream, Source
 from .client_events import EventStream
+from .client_exchange import Exchange, Headers, due, header_list
 from .client_parsing import (ClientError, ClientTimeout, ConnectError, ConnectionLost,
                              ConnectTimeout, Data, End, Event, EventParser, Head, Interim,
                              ProtocolError, ResponseParser, TooManyRedirects)
 from .client_response import Response
-from .client_session import Exchange, Headers, Session, SessionState, due, header_list
+from .client_session import Session, SessionState
 from .doing import Doer
 from .grammar import check_field, is_token
 from .polling import Poller, join_loop, leave_loop

@@ -34,8 +34,9 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Eve
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
+from .client_exchange import Headers, header_list
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .client_session import Headers, Link, Session, StreamClient, header_list
+from .client_session import Link, Session, StreamClient
 from .grammar import is_token
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 

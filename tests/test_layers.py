@@ -18,7 +18,7 @@ LAYERS = {
     5: ["chunked", "request", "requesting", "framing", "wsgi", "responding", "compression",
         "client_parsing", "client_bodies", "forwarding", "proxy_protocol", "accesslog",
         "websocket_frames", "pool"],
-    6: ["threaded", "settings", "client_response", "hosting"],
+    6: ["threaded", "settings", "client_response", "client_exchange", "hosting"],
     7: ["client_session", "sse", "static", "websocket"],
     8: ["stewarding", "serving"],
     9: ["client_events", "websocket_client", "clienting"],
