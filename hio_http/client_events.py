@@ -9,10 +9,11 @@ import collections
 import logging
 from typing import Optional
 
-from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
 from .client_exchange import Exchange, Headers, due, header_list
+from .client_parsing import ClientError, ClientTimeout, End, EventParser, Head, ProtocolError
+from .client_protocols import StreamClient
 from .client_response import Response
-from .client_session import Session, SessionState, StreamClient
+from .client_session import Session, SessionState
 
 logger = logging.getLogger("hio_http.client")
 

@@ -36,7 +36,8 @@ from wsproto.utilities import RemoteProtocolError
 
 from .client_exchange import Headers, header_list
 from .client_parsing import ClientError, ClientTimeout, ConnectionLost, ProtocolError
-from .client_session import Link, Session, StreamClient
+from .client_protocols import StreamClient
+from .client_session import Link, Session
 from .grammar import is_token
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 
