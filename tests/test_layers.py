@@ -21,7 +21,7 @@ LAYERS = {
     6: ["threaded", "settings", "client_response", "client_exchange",
         "client_protocols", "hosting"],
     7: ["client_session", "sse", "static", "websocket"],
-    8: ["stewarding", "serving"],
+    8: ["stewarding", "serving", "client_core"],
     9: ["client_events", "websocket_client", "clienting"],
     10: ["compat", "compat.http", "compat.http.adapting", "compat.http.serving",
          "compat.http.clienting"],
