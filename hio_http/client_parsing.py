@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Union
 
 import httptools
 
+from .grammar import list_members
+
 # -- errors -----------------------------------------------------------------------------------
 
 class ClientError(Exception):
@@ -251,7 +253,7 @@ class ResponseParser:
         """End a response here (a HEAD response at its head, another after the body taken
         directly); a fresh llhttp takes the next response."""
         version = self._parser.get_http_version()
-        connection = _tokens(_field(self._headers, "connection"))
+        connection = list_members(_field(self._headers, "connection"))
         if version == "1.1":
             keep_alive = "close" not in connection
         else:
@@ -299,7 +301,7 @@ class ResponseParser:
             return
         self._head_method = self._methods[0] == "HEAD"
         bodiless = self._head_method or status in _BODILESS
-        codings = _tokens(_field(headers, "transfer-encoding", all_values=True))
+        codings = list_members(_field(headers, "transfer-encoding", all_values=True))
         chunked = bool(codings) and codings[-1] == "chunked"
         # RFC 9112 §6.3: no chunked coding, and Content-Length absent or overridden by
         # Transfer-Encoding: the body runs until the server closes the connection.
@@ -353,12 +355,6 @@ def _field(headers: Sequence[tuple[str, str]], name: str, all_values: bool = Fal
     if all_values:
         return ",".join(values)
     return values[0] if values else None
-
-
-def _tokens(value: Optional[str]) -> list:
-    if not value:
-        return []
-    return [token.strip().lower() for token in value.split(",") if token.strip()]
 
 
 # -- Server-Sent Events ------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from typing import Callable, Optional
 from .client_bodies import BodyError, BodyWriter
 from .client_exchange import Exchange, Headers, due, header_list
 from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectTimeout, Data,
-                             End, Head, Interim, ResponseParser, _tokens)
+                             End, Head, Interim, ResponseParser)
 from .client_protocols import SessionClient, StreamClient
 from .client_response import Response
+from .grammar import list_members
 from .net import RECEIVE_SIZE, Connection
 from .polling import READ, WRITE, Poller
 
@@ -340,7 +341,7 @@ class Session:
         exchange.attempts += 1
         self.in_flight.append(exchange)
         self.parser.expect(exchange.method)
-        if any(name.lower() == "connection" and "close" in _tokens(value)
+        if any(name.lower() == "connection" and "close" in list_members(value)
                for name, value in exchange.headers):
             self.close_after_responses()
         body = exchange.body

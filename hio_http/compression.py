@@ -12,6 +12,8 @@ import dataclasses
 import zlib
 from typing import Optional, Sequence
 
+from .grammar import list_members
+
 __all__ = ["Compression", "GzipStream", "Inflater", "DecodeError", "accepted_codings",
            "accepts", "compressible", "choose_coding", "compressed_headers", "header_value"]
 
@@ -174,8 +176,8 @@ def compressed_headers(headers: list, varies: bool, compress: bool) -> list:
             value = "W/" + value
         if varies and lower == "vary":
             vary_seen = True
-            tokens = [token.strip().lower() for token in value.split(",")]
-            if "*" not in tokens and "accept-encoding" not in tokens:
+            members = list_members(value)
+            if "*" not in members and "accept-encoding" not in members:
                 value = f"{value}, Accept-Encoding"
         result.append((name, value))
     if varies and not vary_seen:

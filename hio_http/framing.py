@@ -28,7 +28,7 @@ from email.utils import formatdate
 from typing import Callable, Iterator, Optional, Protocol
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
-from .grammar import BYTES_LIKE, check_field
+from .grammar import BYTES_LIKE, check_field, list_members
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
            "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
@@ -431,7 +431,7 @@ def drop_hop_by_hop(headers: list[Header]) -> tuple[list[Header], bool]:
         if lower not in HOP_BY_HOP:
             kept.append((name, value))
             continue
-        if lower == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+        if lower == "connection" and "close" in list_members(value):
             close = True
             continue
         if lower not in _warned_hop_by_hop:

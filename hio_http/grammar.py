@@ -5,9 +5,10 @@ values that may be sent. Written once here; nothing here touches a socket.
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 __all__ = ["TOKEN", "TOKEN_PATTERN", "QUOTED_STRING_PATTERN", "FIELD_TEXT_PATTERN", "BYTES_LIKE",
-           "is_token", "check_field", "header_text"]
+           "is_token", "list_members", "check_field", "header_text"]
 
 # Regular-expression sources, for the patterns of the modules that read these rules in context.
 TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 §5.6.2
@@ -22,6 +23,14 @@ BYTES_LIKE = (bytes, bytearray, memoryview)
 
 def is_token(text: str) -> bool:
     return bool(TOKEN.match(text))
+
+
+def list_members(value: Optional[str]) -> list[str]:
+    """The members of a comma-separated list field (RFC 9110 §5.6.1), lower-cased, without the
+    whitespace around them; empty members are dropped, as recipients must."""
+    if not value:
+        return []
+    return [member.strip().lower() for member in value.split(",") if member.strip()]
 
 
 def check_field(name: str, value: str, kind: str = "header") -> None:
