@@ -36,6 +36,8 @@ from types import TracebackType
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol,
                     TypeGuard, Union)
 
+from mypy_extensions import mypyc_attr
+
 from .hosting import Host, Hosted
 from .net import Connection, ConnectionHandler
 from .proxying import FORWARDING_KEYS, ProxyProtocolError, apply_forwarding, parse_proxy_header
@@ -179,6 +181,7 @@ class WSGIHost(StewardHost, Protocol):
     def connection_environ(self, peer: object) -> dict[str, Any]: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Steward:
     """Serves one connection: parses requests, answers them in order, enforces deadlines.
 
@@ -678,25 +681,27 @@ class _Unparsed:
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
 
-    server: WSGIHost  # the serving.Server that accepted the connection
-
     def __init__(self, server: WSGIHost, sock: socket.socket, peer: object):
         super().__init__(server, sock, peer)
+        # the same server as `server`, seen with its WSGI side (an attribute keeps one type
+        # across subclasses, which a compiled build requires)
+        self.wsgi_host = server
         # made on the first request: after PROXY
         self.environ_base: Optional[dict[str, Any]] = None
 
     def respond(self, request: Request) -> BaseResponder:
+        host = self.wsgi_host
         if self.environ_base is None:
-            self.environ_base = self.server.connection_environ(self.peer)
+            self.environ_base = host.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
         if not environ.keys().isdisjoint(FORWARDING_KEYS):
-            apply_forwarding(environ, self.server.trusted)
-        pool = self.server.pool
+            apply_forwarding(environ, host.trusted)
+        pool = host.pool
         if pool is not None:
-            return ThreadedResponder(self.connection, request, self.server.response_settings,
-                                     self.server.app, environ, pool=pool, wake=self._wake)
-        return Responder(self.connection, request, self.server.response_settings,
-                         self.server.app, environ)
+            return ThreadedResponder(self.connection, request, host.response_settings,
+                                     host.app, environ, pool=pool, wake=self._wake)
+        return Responder(self.connection, request, host.response_settings, host.app, environ)
