@@ -102,14 +102,17 @@ class _Deeds:
                 continue
             if stalls is not None:
                 stalls.enter(doer)
+            stopped = None  # no `continue` inside try/finally: a compiled build cannot have one
             try:
                 tock = dog.send(tyme)
             except StopIteration as ex:
-                _set_done(doer, ex.value if ex.value else False)
-                continue
+                stopped = ex
             finally:
                 if stalls is not None:
                     stalls.leave()
+            if stopped is not None:
+                _set_done(doer, stopped.value if stopped.value else False)
+                continue
             if self._dropped and any(doer is gone for gone in self._dropped):
                 self._dropped = [gone for gone in self._dropped if gone is not doer]
                 self._close(deque([(dog, retyme, doer)]))

@@ -27,6 +27,8 @@ import time
 from email.utils import formatdate
 from typing import Callable, Iterator, Optional, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
 from .grammar import BYTES_LIKE, check_field, list_members
 
@@ -124,6 +126,7 @@ class ResponseSettings:
         self.compression_asked = dataclasses.replace(compression, event_streams=True)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BaseResponder:
     """Frames and sends one response to `request` on `connection`; subclasses supply status,
     headers and body. Alone it sends only `send_error`'s answers."""

@@ -14,6 +14,8 @@ import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, Union
 
+from mypy_extensions import mypyc_attr
+
 from .polling import READ, WRITE, Poller
 
 if TYPE_CHECKING:
@@ -208,6 +210,7 @@ class _Gone:
 _GONE = _Gone()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Connection:
     """An accepted socket serviced by readiness.
 
@@ -218,10 +221,9 @@ class Connection:
     TLS sockets (already wrapped, handshake not done) finish their handshake here first.
     """
 
-    receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
-
     def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler):
         self.sock = sock
+        self.receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
         self.peer = peer
         self.poller = poller
         self.handler = handler

@@ -126,7 +126,7 @@ class Requestant:
         """True while a request has begun but its head is not complete (for header deadlines)."""
         return self._phase == _HEAD
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse more bytes. May complete zero or more requests (pipelining).
 
         Raises RequestError on bad input; after an error the Requestant is dead and

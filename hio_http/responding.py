@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping
 from typing import Callable, Iterable, Iterator, Optional, Union
 
+from mypy_extensions import mypyc_attr
+
 from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
                       ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
                       drop_hop_by_hop, reason_of)
@@ -25,6 +27,7 @@ __all__ = ["Responder", "CustomResponder", "BareResponder"]
 logger = logging.getLogger("hio_http.server")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
@@ -230,8 +233,6 @@ class CustomResponder:
 class BareResponder(BaseResponder):
     """Writes a `CustomResponder`'s answer to one request on its connection."""
 
-    iterator: Iterator[object]  # made with the responder, from the answer's body
-
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
                  answer: CustomResponder):
         super().__init__(connection, request, settings)
@@ -258,6 +259,8 @@ class BareResponder(BaseResponder):
         if self.bodiless and not self.head_sent:  # HEAD: the head alone, without the body
             self.send_head(whole if whole is not None else b"", last=whole is not None)
             self.finish()
+            return DONE
+        if iterator is None:  # failed
             return DONE
         try:
             while self.connection.pending < self.high_water:

@@ -25,6 +25,8 @@ import socket
 import time
 from typing import Any, Callable, Iterator, Optional
 
+from mypy_extensions import mypyc_attr
+
 from .accesslog import AccessLog
 from .doing import Doer
 from .framing import ResponseSettings
@@ -59,10 +61,10 @@ def resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BaseServer:
     """Listening sockets, the stewards of their connections, and the sweep of deadlines."""
 
-    steward_class: type[Steward] = Steward
     # What a Steward calls for each request when set (BareServer(handler=...))
     handler: Optional[BareHandler] = None
     # Where app calls run when `threads` is set (Server)
@@ -87,8 +89,8 @@ class BaseServer:
             server_header=f"Server: {product}\r\n".encode("latin-1") if product else b"",
             high_water=self.settings.high_water, compression=self.settings.compression(),
             compress=self.settings.compress)
-        if steward is not None:
-            self.steward_class = steward
+        # a class default would not compile (mypyc keeps only literal defaults)
+        self.steward_class: type[Steward] = steward if steward is not None else Steward
         self.poller = poller
         self.owns_poller = False
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -304,6 +306,7 @@ class BaseServer:
                 acceptor.resume()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BareServer(BaseServer):
     """Serves requests without WSGI: `BareServer(steward=MySteward)` with a Steward subclass
     overriding `respond(request)`, or `BareServer(handler=func)` where `func(request)` (a
@@ -311,22 +314,32 @@ class BareServer(BaseServer):
     `websockets={path: WebSocketHandler subclass}` serves WebSocket endpoints on the same
     port."""
 
-    def __init__(self, handler: Optional[BareHandler] = None, **kwa: Any):
-        super().__init__(**kwa)
+    def __init__(self, handler: Optional[BareHandler] = None, poller: Optional[Poller] = None,
+                 clock: Optional[Callable[[], float]] = None,
+                 steward: Optional[type[Steward]] = None,
+                 sockets: Optional[list[socket.socket]] = None,
+                 websockets: Optional[dict[str, Callable[[], Any]]] = None, **settings: Any):
+        # named, not `**kwa`: mypyc hands a bare `**kwa` to the base class as its `poller`
+        super().__init__(poller, clock, steward, sockets, websockets, **settings)
         self.handler = handler
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Server(BaseServer):
     """Hosts a WSGI application: `Server(app, host="127.0.0.1", port=0, **settings)`, with
     WebSocket endpoints beside it on the same port: `websockets={path: WebSocketHandler
     subclass}`. (The command line serves `hio_http.demo.app` when no app is named.)"""
 
-    steward_class = WSGISteward
-
-    def __init__(self, app: WSGIApp, **kwa: Any):
+    def __init__(self, app: WSGIApp, poller: Optional[Poller] = None,
+                 clock: Optional[Callable[[], float]] = None,
+                 steward: Optional[type[Steward]] = None,
+                 sockets: Optional[list[socket.socket]] = None,
+                 websockets: Optional[dict[str, Callable[[], Any]]] = None, **settings: Any):
         if not callable(app):
             raise TypeError(f"Server needs a WSGI app (a callable), not {app!r}")
-        super().__init__(**kwa)
+        # named, not `**kwa`: mypyc hands a bare `**kwa` to the base class as its `poller`
+        super().__init__(poller, clock, steward if steward is not None else WSGISteward,
+                         sockets, websockets, **settings)
         self.app = app
         self.errors = ErrorStream()
 
@@ -374,6 +387,7 @@ class Server(BaseServer):
         return environ
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ServerDoer(Doer):
     """Runs a server in a Doist: opens it on enter, services it, closes it on exit.
 

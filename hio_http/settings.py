@@ -13,6 +13,9 @@ from typing import Any, Optional
 from .compression import Compression
 from .request import Limits
 
+# the request bounds' defaults, read from an instance: a compiled Limits has no class-level values
+DEFAULT_LIMITS = Limits()
+
 
 def setting(default: Any, help: str, *, cli: bool = True) -> Any:
     """A field of Settings: its default, its help line, and whether the command line offers it."""
@@ -46,11 +49,12 @@ class Settings:
     sweep_interval: float = setting(0.5, "deadlines are met within this (the least time between "
                                     "two sweeps of them)")
     high_water: int = setting(64 * 1024, "pull no more response body while this much is unsent")
-    max_request_line: int = setting(Limits.max_request_line, "longest request line (414)")
-    max_header_bytes: int = setting(Limits.max_header_bytes, "largest header section (431)")
-    max_header_count: int = setting(Limits.max_header_count, "most header fields (431)")
-    max_body: int = setting(Limits.max_body, "largest request body (413)")
-    spill_threshold: int = setting(Limits.spill_threshold,
+    max_request_line: int = setting(DEFAULT_LIMITS.max_request_line, "longest request line (414)")
+    max_header_bytes: int = setting(DEFAULT_LIMITS.max_header_bytes,
+                                    "largest header section (431)")
+    max_header_count: int = setting(DEFAULT_LIMITS.max_header_count, "most header fields (431)")
+    max_body: int = setting(DEFAULT_LIMITS.max_body, "largest request body (413)")
+    spill_threshold: int = setting(DEFAULT_LIMITS.spill_threshold,
                                    "request bodies larger than this wait in a temporary file")
     server_header: str = setting("hio_http", 'Server header value ("" sends none)')
     forwarded_allow_ips: str = setting(

@@ -35,6 +35,8 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeGuard
 
+from mypy_extensions import mypyc_attr
+
 from .hosting import (Answer, BareHandler, StewardHost, Switched, TrafficObserver, Upgrade,
                       WSGIHost)
 from .net import Connection
@@ -90,6 +92,7 @@ DEADLINES: dict[State, Optional[str]] = {
 _DEFAULT: Any = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Steward:
     """Serves one connection: parses requests, answers them in order, enforces deadlines.
 
@@ -589,25 +592,27 @@ class _Unparsed:
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
 
-    server: WSGIHost  # the serving.Server that accepted the connection
-
     def __init__(self, server: WSGIHost, sock: socket.socket, peer: object):
         super().__init__(server, sock, peer)
+        # the same server as `server`, seen with its WSGI side (an attribute keeps one type
+        # across subclasses, which a compiled build requires)
+        self.wsgi_host = server
         # made on the first request: after PROXY
         self.environ_base: Optional[dict[str, Any]] = None
 
     def respond(self, request: Request) -> BaseResponder:
+        host = self.wsgi_host
         if self.environ_base is None:
-            self.environ_base = self.server.connection_environ(self.peer)
+            self.environ_base = host.connection_environ(self.peer)
         environ = build_environ(self.environ_base, request, self.settings.root_path)
         if not environ.keys().isdisjoint(FORWARDING_KEYS):
-            apply_forwarding(environ, self.server.trusted)
-        pool = self.server.pool
+            apply_forwarding(environ, host.trusted)
+        pool = host.pool
         if pool is not None:
-            return ThreadedResponder(self.connection, request, self.server.response_settings,
-                                     self.server.app, environ, pool=pool, wake=self._wake)
-        return Responder(self.connection, request, self.server.response_settings,
-                         self.server.app, environ)
+            return ThreadedResponder(self.connection, request, host.response_settings,
+                                     host.app, environ, pool=pool, wake=self._wake)
+        return Responder(self.connection, request, host.response_settings, host.app, environ)
