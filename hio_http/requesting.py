@@ -92,6 +92,7 @@ class Requestant:
     Requests completed before bad bytes stay queued when feed() raises RequestError.
     """
 
+    __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
     __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
                  "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
                  "_sections", "_raw_bytes", "_head_start", "_head_tail", "_bypass",
