@@ -106,17 +106,24 @@ IDLE_ONLY = ("idle_10k", "idle_1k")
 THREADED_CASES = ("block_c10", "block_probe", "hello_c10", "json_c10", "close_c10", "sse_1k",
                   "idle_cpu")
 BASELINE = "hio_http baseline"  # hio_http as at --baseline REV, installed from git
+COMPILED = "hio_http compiled"  # hio_http as now, built with mypyc
+BASELINE_CASES = ("hello_c1", "hello_c10", "json_c10", "close_c10", "upload", "download")
 
 SERVERS = [
-    ServerSpec("hio_http", "hio_http", ("httptools", "py-spy"), _hio_http,
+    ServerSpec("hio_http", "hio_http", ("httptools", "mypy_extensions", "py-spy"), _hio_http,
                "its CLI, default tock 0.03125, default settings (max_connections 1000)"),
-    ServerSpec("hio_http threads=4", "hio_http", ("httptools", "py-spy"), _hio_http_threads(4),
+    ServerSpec(COMPILED, "hio_http-compiled", ("httptools", "mypy_extensions", "mypy"),
+               _hio_http, "its CLI, built with HIO_HTTP_COMPILE=1 (the per-request modules "
+               "compiled by mypyc), default settings", cases=BASELINE_CASES),
+    ServerSpec("hio_http threads=4", "hio_http", ("httptools", "mypy_extensions", "py-spy"),
+               _hio_http_threads(4),
                "its CLI with --threads 4 (app calls on a pool of 4 threads)",
                cases=THREADED_CASES),
     ServerSpec(BASELINE, "hio_http-baseline", ("httptools",), _hio_http,
                "its CLI as at the --baseline revision (default HEAD), default settings",
-               cases=("hello_c1", "hello_c10", "json_c10", "close_c10", "upload", "download")),
-    ServerSpec("hio_http wide", "hio_http", ("httptools", "py-spy"), _hio_http_wide,
+               cases=BASELINE_CASES),
+    ServerSpec("hio_http wide", "hio_http", ("httptools", "mypy_extensions", "py-spy"),
+               _hio_http_wide,
                "host_hio_http.py: max_connections=20000, otherwise as the CLI", cases=IDLE_ONLY),
     ServerSpec("waitress-4", "waitress", ("waitress",), _waitress(None),
                "waitress-serve, default threads (4), connection_limit 100"),
@@ -181,8 +188,8 @@ def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_pyt
             _ensure_libev(log, progress)
         _pip(bin_dir, ["install", "falcon", *spec.packages], log)
         marker.write_text(wanted)
-    if spec.venv == "hio_http" and root not in _PROJECT_INSTALLED:
-        _install_project(bin_dir, log)
+    if spec.venv in ("hio_http", "hio_http-compiled") and root not in _PROJECT_INSTALLED:
+        _install_project(bin_dir, log, compiled=spec.venv == "hio_http-compiled")
         _PROJECT_INSTALLED.add(root)
     if spec.venv == "hio_http-baseline" and root not in _PROJECT_INSTALLED:
         _install_revision(bin_dir, log, baseline)
@@ -203,12 +210,13 @@ def _shim(root: Path, python: str) -> Path:
     return bin_dir
 
 
-def _pip(bin_dir: Path, args: list, log: Path) -> None:
+def _pip(bin_dir: Path, args: list, log: Path, env: Optional[dict] = None) -> None:
     with open(log, "a") as handle:
         handle.write(f"\n$ pip {' '.join(args)}\n")
         handle.flush()
         result = subprocess.run([str(bin_dir / "python"), "-m", "pip", "--disable-pip-version-check",
-                                 *args], stdout=handle, stderr=subprocess.STDOUT, timeout=900)
+                                 *args], stdout=handle, stderr=subprocess.STDOUT, timeout=900,
+                                env=env)
     if result.returncode != 0:
         raise InstallError(f"pip {' '.join(args)} failed: {_reason(log)}")
 
@@ -223,8 +231,9 @@ def _reason(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def _install_project(bin_dir: Path, log: Path) -> None:
-    """Install hio_http from a snapshot of the working tree (no build isolation: offline)."""
+def _install_project(bin_dir: Path, log: Path, compiled: bool = False) -> None:
+    """Install hio_http from a snapshot of the working tree (no build isolation: offline);
+    `compiled`: built with HIO_HTTP_COMPILE=1 (mypyc, which the venv's mypy brings)."""
     with tempfile.TemporaryDirectory(prefix="hio_http-src-") as folder:
         for name in PROJECT_FILES:
             source = REPO / name
@@ -233,8 +242,9 @@ def _install_project(bin_dir: Path, log: Path) -> None:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             elif source.exists():
                 shutil.copy2(source, Path(folder) / name)
+        env = dict(os.environ, HIO_HTTP_COMPILE="1") if compiled else None
         _pip(bin_dir, ["install", "--no-deps", "--no-build-isolation", "--force-reinstall",
-                       "--quiet", folder], log)
+                       "--quiet", folder], log, env)
 
 
 def _install_revision(bin_dir: Path, log: Path, revision: str) -> None:
