@@ -389,6 +389,9 @@ class Session:
             return
         if writer.sent != before:
             exchange.progressed(self.client.clock())
+        stopped_on_budget = writer.sent - before >= high_water * UPLOAD_BUDGET
+        if not finished and stopped_on_budget and not link.pending:
+            link.wake_when_writable()  # the kernel took it all: go on at the next turn
         if finished and self.uploading is exchange:
             self.uploading = None
             self.owner.session_ready(self)

@@ -304,6 +304,13 @@ class Connection:
         self._chunks.append(span)
         self._want(self._events | WRITE)
 
+    def wake_when_writable(self) -> None:
+        """Call the handler's `drained()` as soon as the socket can take more, even with
+        nothing queued: a sender that stopped on a budget of its own, with everything taken
+        by the kernel, goes on at the loop's next turn instead of its next timed one."""
+        if not self.closed:
+            self._want(self._events | WRITE)
+
     def close_when_drained(self) -> None:
         """Close once everything queued has been sent (or at once if nothing is)."""
         self.pause_reading()

@@ -283,6 +283,40 @@ def test_upload_pulls_only_what_the_socket_takes():
     assert response.error is not None  # closed without an answer
 
 
+def test_an_upload_past_its_turn_budget_goes_on_without_waiting_for_a_timeout():
+    """The kernel takes each turn's share whole (a server that reads fast): with nothing left
+    queued, the client must still come back at once, not when its loop's wait runs out."""
+    piece = b"z" * (256 * 1024)
+
+    def length_app(environ, start_response):
+        size = sum(len(block) for block in iter(lambda: environ["wsgi.input"].read(1 << 20), b""))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(size).encode()]
+
+    with serve_in_thread(length_app) as server:
+        client = Client(server.url, high_water=64 * 1024)
+        client.open()
+        waits = []
+        poll = client.poller.poll
+
+        def timed_poll(timeout=0.0):
+            started = time.monotonic()
+            ready = poll(timeout)
+            if not ready and timeout:
+                waits.append(time.monotonic() - started)  # nothing woke it: it slept out
+            return ready
+
+        client.poller.poll = timed_poll
+        response = client.post("/up", body=(piece for _ in range(256)), expect_continue=False,
+                               timeout=60)
+        wait(client, response, timeout=60)
+        client.close()
+    assert response.status == 200 and response.body == str(256 * len(piece)).encode()
+    # 64 MiB at 1 MiB a turn: without the wake, most turns end in a wait that runs out (over
+    # 60 of them); what remains is the app reading the body before it answers
+    assert len(waits) < 15, f"{len(waits)} waits ran out, {sum(waits):.2f} s in all"
+
+
 # -- 100-continue -------------------------------------------------------------------------------
 
 def test_expect_continue_accepted_then_the_body_goes():
