@@ -479,9 +479,10 @@ class Steward:
         server.served += 1
         if server.access is not None:
             server.access.log(self.connection.peer, responder, self.started)
-        if server.metrics is not None:
-            server.metrics.noted.extend((time.time() - self.started, responder.request.method,
-                                         responder.status, responder.sent))
+        metrics = server.metrics
+        if metrics is not None:  # += rather than extend(): no method to look up and call
+            metrics.noted += (time.time() - self.started, responder.request.method,
+                              responder.status, responder.sent)
         if responder.broken:
             self.connection.close()  # a truncated response must not look complete
             return False
