@@ -392,9 +392,9 @@ def test_a_streamed_body_is_not_resent_after_a_reconnect():
     assert connections == 1
 
 
-def test_a_file_body_is_rewound_and_resent():
-    data = os.urandom(200_000)
-    attempts = []
+def digest_after_a_drop(attempts: list):
+    """A RawServer handler: drops the first connection partway through the body, then answers
+    the SHA-256 of the body it reads whole (Content-Length framed)."""
 
     def serve(connection):
         attempts.append(1)
@@ -409,6 +409,15 @@ def test_a_file_body_is_rewound_and_resent():
         digest = hashlib.sha256(body).hexdigest().encode()
         connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
                            % (len(digest), digest))
+
+    return serve
+
+
+def test_a_file_body_is_rewound_and_resent():
+    data = os.urandom(200_000)
+    attempts = []
+
+    serve = digest_after_a_drop(attempts)
 
     with RawServer(serve) as server:
         client = Client(server.url)
@@ -427,19 +436,7 @@ def test_a_file_on_disk_goes_from_its_position_and_again_after_a_reconnect(tmp_p
     path.write_bytes(b"skipped" + data)
     attempts = []
 
-    def serve(connection):
-        attempts.append(1)
-        if len(attempts) == 1:
-            drop_after_some_body(connection)
-            return
-        head = read_head(connection)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = head.split(b"\r\n\r\n", 1)[1]
-        while len(body) < length:
-            body += connection.recv(65536)
-        digest = hashlib.sha256(body).hexdigest().encode()
-        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                           % (len(digest), digest))
+    serve = digest_after_a_drop(attempts)
 
     with RawServer(serve) as server, open(path, "rb") as file:
         file.seek(len(b"skipped"))
