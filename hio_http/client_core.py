@@ -18,7 +18,7 @@ from .client_parsing import (ClientError, ClientTimeout, ConnectionLost, End, He
                              ProtocolError, TooManyRedirects)
 from .client_response import Response
 from .client_session import Session, SessionState
-from .grammar import check_field
+from .grammar import check_field, first_field
 from .polling import Poller
 
 __all__ = ["ClientCore", "Timeout"]
@@ -241,8 +241,7 @@ class ClientCore:
     def follows(self, exchange: Exchange, head: Head) -> bool:
         """Whether a response with this head is a redirect the client will follow (so a
         streamed response's body can be dropped rather than handed to its consumer)."""
-        location = next((value for name, value in head.headers if name.lower() == "location"),
-                        None)
+        location = first_field(head.headers, "location")
         if self.max_redirects <= 0 or head.status not in REDIRECTS or not location:
             return False
         if self._same_origin(urljoin(exchange.response.url, location)) is None:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 
 import httptools
 
-from .grammar import list_members
+from .grammar import field_values, list_members
 
 # -- errors -----------------------------------------------------------------------------------
 
@@ -310,7 +310,7 @@ class ResponseParser:
         self._events.append(Head(status, reason, self._parser.get_http_version(), headers))
         self._phase = _BODY
         # A single plain Content-Length (llhttp has checked it): the body is taken directly.
-        lengths = [value for name, value in headers if name.lower() == "content-length"]
+        lengths = field_values(headers, "content-length")
         if (self._head_cut and not bodiless and not codings and len(lengths) == 1
                 and lengths[0].isdigit()):
             self._direct = int(lengths[0])
@@ -351,7 +351,7 @@ class ResponseParser:
 
 
 def _field(headers: Sequence[tuple[str, str]], name: str, all_values: bool = False):
-    values = [value for key, value in headers if key.lower() == name]
+    values = field_values(headers, name)
     if all_values:
         return ",".join(values)
     return values[0] if values else None

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 from .client_bodies import ResponseStream
 from .client_parsing import ClientError, Head, ProtocolError
 from .compression import DECODABLE, DecodeError, Inflater
+from .grammar import first_field
 
 logger = logging.getLogger("hio_http.client")
 
@@ -89,11 +90,7 @@ class Response:
 
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The first value of header `name` (case-insensitive), else `default`."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+        return first_field(self.headers, name.lower(), default)
 
     @property
     def streamed(self) -> bool:

@@ -12,7 +12,7 @@ import dataclasses
 import zlib
 from typing import Optional, Sequence
 
-from .grammar import list_members
+from .grammar import field_values, list_members
 
 __all__ = ["Compression", "GzipStream", "Inflater", "DecodeError", "accepted_codings",
            "accepts", "compressible", "choose_coding", "compressed_headers", "header_value"]
@@ -121,7 +121,7 @@ _media_kinds: dict = {}  # Content-Type value -> True, False or EVENT_STREAM
 
 def header_value(headers: Sequence[tuple[str, str]], name: str) -> Optional[str]:
     """The values of header `name` joined with ", " (case-insensitive), or None."""
-    values = [value for key, value in headers if key.lower() == name]
+    values = field_values(headers, name)
     return ", ".join(values) if values else None
 
 

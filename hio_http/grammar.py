@@ -5,10 +5,11 @@ values that may be sent. Written once here; nothing here touches a socket.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Iterable, Optional
 
 __all__ = ["TOKEN", "TOKEN_PATTERN", "QUOTED_STRING_PATTERN", "FIELD_TEXT_PATTERN", "BYTES_LIKE",
-           "is_token", "list_members", "check_field", "header_text"]
+           "is_token", "list_members", "field_values", "first_field", "check_field",
+           "header_text"]
 
 # Regular-expression sources, for the patterns of the modules that read these rules in context.
 TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 §5.6.2
@@ -31,6 +32,21 @@ def list_members(value: Optional[str]) -> list[str]:
     if not value:
         return []
     return [member.strip().lower() for member in value.split(",") if member.strip()]
+
+
+def field_values(fields: Iterable[tuple[str, str]], name: str) -> list[str]:
+    """Every value of field `name` (lower-case) in `fields`, in order; field names are
+    case-insensitive (RFC 9110 §5.1)."""
+    return [value for key, value in fields if key.lower() == name]
+
+
+def first_field(fields: Iterable[tuple[str, str]], name: str,
+                default: Optional[str] = None) -> Optional[str]:
+    """The first value of field `name` (lower-case) in `fields`, else `default`."""
+    for key, value in fields:
+        if key.lower() == name:
+            return value
+    return default
 
 
 def check_field(name: str, value: str, kind: str = "header") -> None:

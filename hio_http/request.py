@@ -9,6 +9,8 @@ import io
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .grammar import first_field
+
 __all__ = ["Limits", "Request", "RequestError"]
 
 
@@ -64,8 +66,4 @@ class Request:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of header `name` (case-insensitive), else `default`."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+        return first_field(self.headers, name.lower(), default)
