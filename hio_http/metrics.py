@@ -10,7 +10,6 @@ import logging
 import math
 import mmap
 import socket
-import time
 from array import array
 from bisect import bisect_right
 from collections import Counter

@@ -32,8 +32,7 @@ import sys
 import termios
 import time
 from collections import deque
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterable, Optional, TypeGuard
+from typing import TYPE_CHECKING, Any, Optional, TypeGuard
 
 from mypy_extensions import mypyc_attr
 

@@ -46,7 +46,6 @@ from wsproto.utilities import ProtocolError, RemoteProtocolError
 from .hosting import Host
 from .net import Connection
 from .request import Request
-from .framing import BaseResponder
 from .responding import CustomResponder
 from .websocket_frames import INFLATE_SLICE, SENDABLE, Reassembly
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import strategies as st
 
 from hio_http.forwarding import FORWARDING_KEYS, TrustedPeers, apply_forwarding
 

@@ -9,7 +9,6 @@ import socket
 import pytest
 
 from hio_http import client_session, stewarding
-from hio_http.client_core import ClientCore
 from hio_http.clienting import Client
 from hio_http.settings import Settings
 
@@ -33,7 +32,6 @@ def test_every_client_session_state_has_its_deadline_and_its_successors():
     for state, successors in client_session.TRANSITIONS.items():
         if state is not client_session.SessionState.CLOSED:
             assert client_session.SessionState.CLOSED in successors, state
-    assert issubclass(Client, ClientCore)
 
 
 def test_a_client_session_refuses_a_change_its_table_does_not_list():
