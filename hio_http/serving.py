@@ -436,8 +436,10 @@ class ServerDoer(Doer):
         server = self.server
         server.service()
         metrics = server.metrics
-        if metrics is not None and server.clock() >= metrics.due:
-            metrics.refresh(server.clock())
+        if metrics is not None:
+            now = server.clock()
+            if now >= metrics.due:
+                metrics.refresh(now)
         if self.stopping:
             now = server.clock()
             if self.stop_deadline is None:
