@@ -241,7 +241,9 @@ class ResponseStream:
 
     @property
     def full(self) -> bool:
-        return self.buffered >= self.high_water
+        if self.inflater is None:
+            return self._size >= self.high_water
+        return self._size + self.inflater.buffered >= self.high_water
 
     def decode(self, coding: str) -> None:
         self.inflater = Inflater(coding)
@@ -250,6 +252,10 @@ class ResponseStream:
         self.received += len(data)
         if self.inflater is not None:
             self.inflater.feed(data)
+        elif self.on_data is not None:  # a plain piece goes to the consumer as it is
+            if data:
+                self._give(data)
+            return
         elif data:
             self._chunks.append(data)
             self._size += len(data)

@@ -180,15 +180,16 @@ class ClientCore:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def service(self) -> None:
-        """One turn: dispatch ready sockets (if the Poller is ours), enforce deadlines, start
-        connections and send what waits. Call it every tick; ClientDoer does."""
+    def service(self, wait: float = 0.0) -> None:
+        """One turn: dispatch ready sockets (if the Poller is ours, waiting up to `wait`
+        seconds for one), enforce deadlines, start connections and send what waits. Call it
+        every tick; ClientDoer does."""
         if not self.opened:
             if self.closed:
                 return
             self.open()
         if self.owns_poller and self.poller is not None:
-            self.poller.poll(0)
+            self.poller.poll(wait)
         now = self.clock()
         if self.queue:
             for exchange in [e for e in self.queue if due(e, now)]:
@@ -217,9 +218,11 @@ class ClientCore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"condition not met within {timeout} s")
-            if self.poller is not None:
-                self.poller.poll(min(0.01, remaining))
-            self.service()
+            wait = min(0.01, remaining)
+            if self.poller is not None and not self.owns_poller:
+                self.poller.poll(wait)
+                wait = 0.0
+            self.service(wait)  # a Poller of its own waits there: one poll a turn
 
     # -- sessions call back here ----------------------------------------------------------------
 

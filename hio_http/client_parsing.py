@@ -144,6 +144,16 @@ class ResponseParser:
         except ClientError as ex:
             self._failure = ex
 
+    def take_body(self, data: bytes) -> bool:
+        """Count `data` as body bytes of a known length, as they are, when all of it belongs to
+        the body and leaves some still to come, and no event waits: the usual receive of a
+        large download, which the caller then hands on itself. False: `feed` it instead."""
+        if len(data) >= self._direct or self._events or self._failure is not None:
+            return False
+        self._direct -= len(data)
+        self._progress += 1
+        return True
+
     def feed_eof(self) -> None:
         """The server closed the connection: a close-delimited body ends here; any other
         response in progress was cut short."""
@@ -244,7 +254,6 @@ class ResponseParser:
         self._events.append(Data(data if take == size else data[:take]))
         self._direct -= take
         self._progress += 1
-        self._tail = (self._tail + data[take - 3 if take >= 3 else 0:take])[-3:]
         if not self._direct:
             self._end_bodiless()
         return data[take:] if take < size else b""

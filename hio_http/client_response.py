@@ -151,9 +151,7 @@ class Response:
                 self._inflater = Inflater(coding)
 
     def _receive(self, data: bytes, limit: int) -> None:
-        if self._stream is not None:
-            self._stream.feed(data)
-            return
+        """A piece of a gathered body (a streamed one goes to its stream)."""
         if self._inflater is not None:  # inflate no more than the limit allows, plus one
             self._inflater.feed(data)
             data = self._inflate(limit - self._size + 1)

@@ -48,6 +48,10 @@ class SessionState(enum.Enum):
     CLOSING = "closing"        # sends nothing more; closes after the responses in flight
     CLOSED = "closed"          # its unanswered exchanges went back to its owner
 
+    # Members are unique, so identity hashes them: Enum's own hash is a Python call, and
+    # RECEIVING is looked up for every receive of a download.
+    __hash__ = object.__hash__
+
 
 # The client's setting that bounds each state, counted from entering it; None: no deadline of
 # the session's own (each exchange in flight has its deadline, from the client's timeout, and
@@ -290,6 +294,13 @@ class Session:
             self.link.close()
             return
         self.link.full = len(data) >= self.link.receive_size
+        if self.state in RECEIVING and self.parser.take_body(data):
+            exchange = self.in_flight[0]  # the usual receive of a large download: no event
+            try:
+                self._take_data(exchange, data)
+            except ClientError as ex:
+                self._failed(exchange, ex)
+            return
         self.parser.feed(data)
         self._take_events()
 
@@ -458,14 +469,7 @@ class Session:
                 if event is None:
                     return
                 if isinstance(event, Data):
-                    response = exchange.response
-                    if exchange.sink is not None:
-                        exchange.sink(event.data)
-                    elif not exchange.discarding:
-                        response._receive(event.data, self.client.max_body)
-                        exchange.progressed(self.client.clock())
-                        if response._stream is not None and response._stream.full:
-                            self._pause_for(response)
+                    self._take_data(exchange, event.data)
                 elif isinstance(event, Head):
                     exchange.answered = True
                     self._stop_upload(exchange)
@@ -491,10 +495,29 @@ class Session:
                     if event.status == 100 and exchange is self.continuing:
                         self._send_body()
             except ClientError as ex:
-                if (ex.__cause__ is None and isinstance(ex, ConnectionLost) and
-                        self.link is not None and self.link.error):
-                    ex.__cause__ = self.link.error
-                self.in_flight.popleft()
-                exchange.response._fail(ex)
-                self.close()
+                self._failed(exchange, ex)
                 return
+
+    def _take_data(self, exchange: Exchange, data: bytes) -> None:
+        """A piece of the body of the response to `exchange`."""
+        if exchange.sink is not None:
+            exchange.sink(data)
+        elif not exchange.discarding:
+            response = exchange.response
+            if response._stream is not None:
+                response._stream.feed(data)
+            else:  # gathered
+                response._receive(data, self.client.max_body)
+            exchange.progressed(self.client.clock())
+            if response._stream is not None and response._stream.full:
+                self._pause_for(response)
+
+    def _failed(self, exchange: Exchange, ex: ClientError) -> None:
+        """The response to `exchange`, first in flight, failed: it gets the error, and the
+        connection, no longer in step with the server, closes."""
+        if (ex.__cause__ is None and isinstance(ex, ConnectionLost) and
+                self.link is not None and self.link.error):
+            ex.__cause__ = self.link.error
+        self.in_flight.popleft()
+        exchange.response._fail(ex)
+        self.close()
