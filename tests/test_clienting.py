@@ -37,17 +37,25 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def parse(chunks, methods=("GET",), eof=False):
-    """Feed `chunks` to a ResponseParser expecting `methods`; (events, error or None)."""
+def parse(chunks, methods=("GET",), eof=False, as_session=False):
+    """Feed `chunks` to a ResponseParser expecting `methods`; (events, error or None).
+    `as_session`: take events after every chunk and offer each chunk to `take_body` first,
+    as the client's session does."""
     parser = ResponseParser()
     for method in methods:
         parser.expect(method)
     events, error = [], None
-    for chunk in chunks:
-        parser.feed(chunk)
-    if eof:
-        parser.feed_eof()
     try:
+        for chunk in chunks:
+            if as_session and parser.take_body(chunk):
+                events.append(Data(chunk))
+                continue
+            parser.feed(chunk)
+            if as_session:
+                while (event := parser.next_event()) is not None:
+                    events.append(event)
+        if eof:
+            parser.feed_eof()
         while (event := parser.next_event()) is not None:
             events.append(event)
     except ClientError as ex:
@@ -138,14 +146,34 @@ def echo_app(environ, start_response):
 
 # -- the response parser ------------------------------------------------------------------------
 
-def test_content_length_response_at_every_split():
+@pytest.mark.parametrize("as_session", [False, True])
+def test_content_length_response_at_every_split(as_session):
     wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
     for cut in range(len(wire) + 1):
-        events, error = parse([wire[:cut], wire[cut:]])
-        assert error is None
-        assert events == [Head(200, "OK", "1.1", [("Content-Type", "text/plain"),
-                                                 ("Content-Length", "5")]),
-                          Data(b"hello"), End([], True)]
+        for second in range(cut, len(wire) + 1):
+            chunks = [wire[:cut], wire[cut:second], wire[second:]]
+            events, error = parse(chunks, as_session=as_session)
+            assert error is None
+            assert events == [Head(200, "OK", "1.1", [("Content-Type", "text/plain"),
+                                                     ("Content-Length", "5")]),
+                              Data(b"hello"), End([], True)]
+
+
+def test_take_body_takes_only_what_leaves_the_body_unfinished():
+    parser = ResponseParser()
+    parser.expect("GET")
+    parser.expect("GET")
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+    assert not parser.take_body(b"ab")  # the Head event still waits
+    assert isinstance(parser.next_event(), Head)
+    assert parser.take_body(b"ab") and parser.take_body(b"cd")
+    assert not parser.take_body(b"ef")  # the last bytes end the response: feed them
+    parser.feed(b"ef")
+    assert parser.next_event() == Data(b"ef")
+    assert parser.next_event() == End([], True)
+    parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(parser.next_event(), Head)
+    assert not parser.take_body(b"2\r\nhi\r\n")  # chunked: llhttp reads it
 
 
 def test_chunked_response_with_trailers():
@@ -308,9 +336,10 @@ def test_any_split_of_valid_pipelined_responses_parses_the_same(exchanges, cuts)
     methods = [method for method, _, _ in exchanges]
     wire = b"".join(w for _, w, _ in exchanges)
     expected = [event for _, _, events in exchanges for event in events]
-    events, error = parse(splits(wire, cuts), methods)
-    assert error is None
-    assert events == expected
+    for as_session in (False, True):
+        events, error = parse(splits(wire, cuts), methods, as_session=as_session)
+        assert error is None
+        assert events == expected
 
 
 # -- the event-stream parser --------------------------------------------------------------------
