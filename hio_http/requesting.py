@@ -142,7 +142,12 @@ class Requestant:
             data = rest  # what followed a chunked body
         while data:
             phase = self._phase
-            self._remember_head_start(data)
+            # The bytes of a head whose method llhttp has not accepted yet (see
+            # _method_refused), kept here rather than in a call: this runs for every feed.
+            if phase == _IDLE:
+                self._head_start = data
+            elif self._head_start is not None:
+                self._head_start += data
             sections, line_bytes = self._sections, self._line_bytes
             line_unsure = phase == _HEAD and not self._fields  # may end in this feed
             received = self._received
@@ -489,19 +494,11 @@ class Requestant:
             status, message = _LLHTTP_REASONS.get(reason, (400, f"malformed request ({reason})"))
             raise self._die(RequestError(status, message))
 
-    def _remember_head_start(self, data: bytes) -> None:
-        """Keep the bytes of a head whose method llhttp has not accepted yet.
-
-        llhttp gives no byte offsets, yet telling an unknown method (501) from garbage
-        (400) needs the method's bytes. They are known while the head began at a feed
-        boundary; once a request completes mid-feed the next head's start is not.
-        """
-        if self._phase == _IDLE:
-            self._head_start = data
-        elif self._head_start is not None:
-            self._head_start += data
-
     def _method_refused(self) -> None:
+        """llhttp refused the method. It gives no byte offsets, yet telling an unknown method
+        (501) from garbage (400) needs the method's bytes: feed() keeps them in `_head_start`
+        while the head began at a feed boundary; once a request completes mid-feed the next
+        head's start is not known."""
         if self._head_start is None:  # the head's start is unknown: call it malformed
             raise self._die(RequestError(400, "malformed request method"))
         self._bypass = self._judge_method
