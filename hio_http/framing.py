@@ -34,8 +34,8 @@ from .grammar import BYTES_LIKE, check_field, list_members
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
            "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
-           "reason_of", "check_status", "clean_statuses", "check_headers", "drop_hop_by_hop",
-           "body_bytes"]
+           "reason_of", "check_status", "clean_statuses", "clean_heads", "check_headers",
+           "drop_hop_by_hop", "body_bytes"]
 
 logger = logging.getLogger("hio_http.server")
 
@@ -72,9 +72,10 @@ _status_lines: dict[str, tuple[int, bytes]] = {}  # status -> (its code, its lin
 
 # The start of a head (status line and fields) as send_head uses it, by its status and fields
 # (a tuple: the status, then each field): (code, the bytes, the Content-Length given or None,
-# whether a Date field and a Server field were given). Only clean fields, so bounded likewise.
+# whether a Date field and a Server field were given). Only clean fields, so bounded likewise;
+# a status and fields found here need no checks (start_response skips them).
 HeadStart = tuple[int, bytes, Optional[int], bool, bool]
-_clean_heads: dict[tuple[object, ...], HeadStart] = {}
+clean_heads: dict[tuple[object, ...], HeadStart] = {}
 
 _date_line = (0, b"")  # (the second it was made for, the Date line)
 
@@ -211,7 +212,7 @@ class BaseResponder:
         if compression is not None:
             body = self._negotiate(compression, _status_line(self.status)[0], body, last)
         try:
-            head = _clean_heads.get((self.status, *self.headers))
+            head = clean_heads.get((self.status, *self.headers))
         except TypeError:  # an app changed its list after start_response
             head = None
         if head is None:
@@ -390,10 +391,10 @@ def _head_start(status: str, headers: list[Header]) -> HeadStart:
                 has_server = True
         lines.append(line)
     head = (code, b"".join(lines), length, has_date, has_server)
-    if clean and type(status) is str:
-        if len(_clean_heads) >= MAX_CLEAN_HEADERS:
-            _clean_heads.clear()  # the heads in use come back at once
-        _clean_heads[(status, *headers)] = head
+    if clean and type(status) is str and status in clean_statuses:  # all of it checked
+        if len(clean_heads) >= MAX_CLEAN_HEADERS:
+            clean_heads.clear()  # the heads in use come back at once
+        clean_heads[(status, *headers)] = head
     return head
 
 

@@ -18,7 +18,7 @@ from mypy_extensions import mypyc_attr
 
 from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
                       ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
-                      drop_hop_by_hop, reason_of)
+                      clean_heads, drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
 from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
@@ -49,12 +49,18 @@ class Responder(BaseResponder):
                 exc_info = None
         elif self.status:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or status not in clean_statuses:  # else known valid
-            check_status(status)
-        if not check_headers(headers):  # some field is new: maybe hop-by-hop
-            headers, close = drop_hop_by_hop(headers)
-            if close:
-                self.keep_alive = False
+        try:  # a head sent before was checked, with nothing to drop: skip it all
+            known = type(status) is str and type(headers) is list and (
+                (status, *headers) in clean_heads)
+        except TypeError:  # an unhashable field, which check_headers names
+            known = False
+        if not known:
+            if type(status) is not str or status not in clean_statuses:  # else known valid
+                check_status(status)
+            if not check_headers(headers):  # some field is new: maybe hop-by-hop
+                headers, close = drop_hop_by_hop(headers)
+                if close:
+                    self.keep_alive = False
         self.status, self.headers = status, headers
         self.pending_head = True
         return self.write
