@@ -26,6 +26,8 @@ __all__ = ["Responder", "CustomResponder", "BareResponder"]
 
 logger = logging.getLogger("hio_http.server")
 
+_TAKEN: Iterator[object] = iter(())  # the one item is taken (exhausted, it stays exhausted)
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Responder(BaseResponder):
@@ -119,26 +121,21 @@ class Responder(BaseResponder):
         if iterator is None:  # the app failed
             return DONE
         result = self.result
-        if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
-                and not self.head_sent and self.status
-                and self.connection.pending < self.high_water and not self.connection.closed):
-            return self._send_whole(result[0])
         try:
+            if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
+                    and not self.head_sent and self.status
+                    and self.connection.pending < self.high_water
+                    and not self.connection.closed):
+                # The common answer, a one-item list: head and body in one send, without
+                # iterating (and here, not in a method of its own: a call saved per request).
+                self.iterator = _TAKEN
+                self.pending_head = False
+                self.send_head(result[0], last=True)
+                if self.bodiless or self.connection.pending < self.high_water:
+                    self.finish()
+                    return DONE
+                return BLOCKED  # finished on the pump after the drain, as the loop would
             return self._pull(iterator)
-        except Exception:
-            self.fail()
-            return DONE
-
-    def _send_whole(self, body: bytes) -> str:
-        """The common answer, a one-item list: head and body in one send, no iteration."""
-        try:
-            self.iterator = iter(())  # the item is taken
-            self.pending_head = False
-            self.send_head(body, last=True)  # the head is not out yet: pump() checked
-            if self.bodiless or self.connection.pending < self.high_water:
-                self.finish()
-                return DONE
-            return BLOCKED  # finished on the pump after the drain, as the loop would
         except Exception:
             self.fail()
             return DONE
