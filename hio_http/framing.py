@@ -223,8 +223,9 @@ class BaseResponder:
         if length is not None:
             self.length = length
         lines = [start]
-        if not has_date:
-            lines.append(http_date())
+        if not has_date:  # the Date line of this second, made by the first head in it
+            date = _date_line
+            lines.append(date[1] if date[0] == int(time.time()) else http_date())
         if not has_server:
             lines.append(self.server_header)
         if self.length is None and (not self.bodiless or last and self.request.method == "HEAD"
