@@ -226,34 +226,8 @@ class Requestant:
             self._fail(431, "request header section too large")
 
     def on_headers_complete(self) -> None:
-        request = self._head_to_request()
-        self._request = self.current = request
-        self._phase = _BODY
-        if request.chunked and request.upgrade is None:  # an upgrade leaves the body unread
-            self._phase = _CHUNKED
-            raise _StopParser  # llhttp must not read the chunked body; feed() takes over
-
-    def on_body(self, piece: bytes) -> None:
-        # Content-Length was checked against max_body up front: the body cannot exceed it.
-        size = len(piece)
-        self._received += size
-        request: Request = self._request  # type: ignore[assignment]  # llhttp is in a body
-        request.body.write(piece)
-        request.body_size += size
-
-    def on_message_complete(self) -> None:
-        request: Request = self._request  # type: ignore[assignment]  # a message just ended
-        request.body.seek(0)
-        request.complete = True
-        self.requests.append(request)
-        self._request = self.current = None
-        self._phase = _IDLE
-        self._head_start = None  # where the next head starts in this feed is unknown
-
-    # ---- head checks ----
-
-    def _head_to_request(self) -> Request:
-        """Validate a complete head and build its Request (RFC 9112 §2-§7)."""
+        """Validate the complete head and make its Request (RFC 9112 §2-§7), the `current` one.
+        (One method, not a callback calling a builder: a call saved per request.)"""
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
@@ -293,8 +267,32 @@ class Requestant:
             expect = self._check_expectation(version, noted.get("expect"))
         body = (io.BytesIO() if length is None and not chunked  # no body: the usual case
                 else self._new_body(chunked, length))
-        return Request(method, target, path, query, version, self._fields, [], body, 0, length,
-                       chunked, parser.should_keep_alive(), expect, upgrade)
+        self._request = self.current = Request(
+            method, target, path, query, version, self._fields, [], body, 0, length, chunked,
+            parser.should_keep_alive(), expect, upgrade)
+        self._phase = _BODY
+        if chunked and upgrade is None:  # an upgrade leaves the body unread
+            self._phase = _CHUNKED
+            raise _StopParser  # llhttp must not read the chunked body; feed() takes over
+
+    def on_body(self, piece: bytes) -> None:
+        # Content-Length was checked against max_body up front: the body cannot exceed it.
+        size = len(piece)
+        self._received += size
+        request: Request = self._request  # type: ignore[assignment]  # llhttp is in a body
+        request.body.write(piece)
+        request.body_size += size
+
+    def on_message_complete(self) -> None:
+        request: Request = self._request  # type: ignore[assignment]  # a message just ended
+        request.body.seek(0)
+        request.complete = True
+        self.requests.append(request)
+        self._request = self.current = None
+        self._phase = _IDLE
+        self._head_start = None  # where the next head starts in this feed is unknown
+
+    # ---- head checks ----
 
     def _new_body(self, chunked: bool, length: int | None) -> BinaryIO:
         """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
@@ -440,7 +438,7 @@ class Requestant:
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
         # Any version number gets through llhttp, so that HTTP/1.x with x > 1 is served as
-        # HTTP/1.1 (RFC 9112 §2.3); _head_to_request answers 505 for other majors.
+        # HTTP/1.1 (RFC 9112 §2.3); on_headers_complete answers 505 for other majors.
         parser.set_dangerous_leniencies(lenient_version=True)
         return parser
 
