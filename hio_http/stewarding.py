@@ -315,7 +315,11 @@ class Steward:
             logger.exception("internal error serving %s", connection.peer)
             connection.close()
             return
-        self._regulate_reading()
+        # The usual end, everything answered and reading on, leaves nothing to regulate: the
+        # call is saved then (see _regulate_reading for what it weighs).
+        if (self.responder is not None or self.unparsed or self.error is not None
+                or self.requestant.requests or not connection.reading):
+            self._regulate_reading()
 
     def _park(self) -> None:
         """The body said "not yet": let it wake us if it can, else ask it on every pass."""
