@@ -93,7 +93,7 @@ class Requestant:
     """
 
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
-    __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
+    __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
                  "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
                  "_sections", "_raw_bytes", "_head_start", "_head_tail", "_bypass",
                  "_failure", "_received", "_decoder")
@@ -105,6 +105,9 @@ class Requestant:
         self.leftover = b""  # bytes after an upgrade request's head, for the next protocol
         self._parser = self._new_parser()
         self._phase = _IDLE
+        # True while a request has begun but its head is not complete (for header deadlines):
+        # the phase is _HEAD, kept as a flag because the steward asks after every request.
+        self.busy = False
         self._request: Request | None = None
         self._url_parts: list[bytes] = []
         self._fields: list[tuple[str, str]] = []
@@ -121,11 +124,6 @@ class Requestant:
         self._decoder: ChunkedDecoder | None = None
 
     # ---- public API ----
-
-    @property
-    def busy(self) -> bool:
-        """True while a request has begun but its head is not complete (for header deadlines)."""
-        return self._phase == _HEAD
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse more bytes. May complete zero or more requests (pipelining).
@@ -199,6 +197,7 @@ class Requestant:
 
     def on_message_begin(self) -> None:
         self._phase = _HEAD
+        self.busy = True
         self._sections += 1
         self._url_parts = []
         self._fields = []
@@ -271,6 +270,7 @@ class Requestant:
             method, target, path, query, version, self._fields, [], body, 0, length, chunked,
             parser.should_keep_alive(), expect, upgrade)
         self._phase = _BODY
+        self.busy = False
         if chunked and upgrade is None:  # an upgrade leaves the body unread
             self._phase = _CHUNKED
             raise _StopParser  # llhttp must not read the chunked body; feed() takes over
