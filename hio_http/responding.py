@@ -132,7 +132,10 @@ class Responder(BaseResponder):
                 self.pending_head = False
                 self.send_head(result[0], last=True)
                 if self.bodiless or self.connection.pending < self.high_water:
-                    self.finish()
+                    # A whole body is neither chunked nor gzipped as a stream: finish() has
+                    # something to do only for one short of its Content-Length.
+                    if self.sent != self.length:
+                        self.finish()
                     return DONE
                 return BLOCKED  # finished on the pump after the drain, as the loop would
             return self._pull(iterator)
