@@ -76,6 +76,9 @@ _LOWER_NAMES = {name: name.lower() for name in
                 ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
                  "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
 
+# The end of a request line (before its CRLF) naming a version we speak, and that version.
+_VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
+
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
 _LINE_OVERHEAD = 12
 
@@ -95,7 +98,7 @@ class Requestant:
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
     __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
                  "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_head_start", "_head_tail", "_bypass",
+                 "_sections", "_raw_bytes", "_head_start", "_line_start", "_head_tail", "_bypass",
                  "_failure", "_received", "_decoder")
 
     def __init__(self, limits: Limits | None = None):
@@ -116,6 +119,7 @@ class Requestant:
         self._sections = 0      # heads begun, to spot one spanning feeds
         self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
+        self._line_start: bytes | None = None  # the bytes fed as the current head began them
         self._head_tail = b""  # the last bytes fed while a head was open (_head_end)
         # Takes the bytes llhttp must not see; returns those after a chunked body, for llhttp.
         self._bypass: Callable[[bytes], bytes | None] | None = None
@@ -143,7 +147,7 @@ class Requestant:
             # The bytes of a head whose method llhttp has not accepted yet (see
             # _method_refused), kept here rather than in a call: this runs for every feed.
             if phase == _IDLE:
-                self._head_start = data
+                self._head_start = self._line_start = data
             elif self._head_start is not None:
                 self._head_start += data
             sections, line_bytes = self._sections, self._line_bytes
@@ -228,11 +232,17 @@ class Requestant:
         """Validate the complete head and make its Request (RFC 9112 §2-§7), the `current` one.
         (One method, not a callback calling a builder: a call saved per request.)"""
         parser = self._parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
-                self._fail(505, "HTTP version not supported")
-            version = "1.1"  # a later 1.x: served as the highest minor we speak (RFC 9112 §2.3)
+        # httptools makes the version's text with str.format, which costs more than the rest of
+        # the head's checks; a head that began a feed has it in view before its first CRLF.
+        line = self._line_start
+        end = line.find(b"\r\n") if line is not None else -1
+        version = _VERSIONS.get(line[end - 9:end]) if line is not None and end >= 9 else None
+        if version is None:
+            version = parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
+                    self._fail(505, "HTTP version not supported")
+                version = "1.1"  # a later 1.x: served as the highest minor we speak (§2.3)
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
@@ -290,7 +300,7 @@ class Requestant:
         self.requests.append(request)
         self._request = self.current = None
         self._phase = _IDLE
-        self._head_start = None  # where the next head starts in this feed is unknown
+        self._head_start = self._line_start = None  # where the next head starts is unknown
 
     # ---- head checks ----
 
