@@ -33,13 +33,24 @@ _TAKEN: Iterator[object] = iter(())  # the one item is taken (exhausted, it stay
 class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
+    result: Optional[Iterable[object]] = None  # what the app returned
+    pending_head = False  # start_response was called; head not yet sent
+
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
                  app: WSGIApp, environ: Environ):
-        super().__init__(connection, request, settings)
+        # BaseResponder.__init__'s assignments, made here rather than by calling it: one is
+        # made for every request, and the call cost more than they do. Keep the two alike.
+        self.connection = connection
+        self.request = request
+        self.server_header = settings.server_header
+        self.high_water = settings.high_water
+        self.headers: list[Header] = []
+        self.keep_alive = request.keep_alive
+        self.bodiless = request.method == "HEAD"
+        if settings.compression is not None:
+            self.compression = settings.compression
         self.app = app
         self.environ = environ
-        self.result: Optional[Iterable[object]] = None
-        self.pending_head = False  # start_response was called; head not yet sent
 
     def start_response(self, status: str, headers: list[Header],
                        exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
