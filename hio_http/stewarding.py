@@ -204,7 +204,8 @@ class Steward:
             if (size <= PARSE_SLICE and requestant.current is None
                     and len(requestant.requests) < self.settings.max_pipeline):
                 requestant.feed(data)  # the usual few small requests: one feed
-                offset = size
+                self.unparsed = b""
+                return
             while offset < size:
                 if len(requestant.requests) >= self.settings.max_pipeline:
                     break
