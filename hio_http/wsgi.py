@@ -122,9 +122,11 @@ def environ_key(name: str) -> Optional[str]:
 
 # Request field name -> where the environ carries it: CONTENT_TYPE, its HTTP_* key, or "" for
 # none (Content-Length: the framing's CONTENT_LENGTH is set instead; names with '_'). Clients
-# send the same few names again and again; bounded, so odd names cannot pile up.
+# send the same few names again and again; bounded in count and in length, so odd names
+# cannot pile up.
 _field_keys: dict[str, str] = {}
 MAX_FIELD_KEYS = 4096
+MAX_FIELD_KEY_NAME = 64
 
 
 def _field_key(name: str) -> str:
@@ -135,7 +137,7 @@ def _field_key(name: str) -> str:
         key = ""
     else:
         key = environ_key(name) or ""
-    if len(_field_keys) < MAX_FIELD_KEYS:
+    if len(name) <= MAX_FIELD_KEY_NAME and len(_field_keys) < MAX_FIELD_KEYS:
         _field_keys[name] = key
     return key
 
