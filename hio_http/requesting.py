@@ -79,6 +79,13 @@ _LOWER_NAMES = {name: name.lower() for name in
 # The end of a request line (before its CRLF) naming a version we speak, and that version.
 _VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
 
+# Field names as sent -> as text: clients send the same few names again and again, and a name
+# met before comes back as the same str, whose hash the look-ups by name then need not compute.
+# Bounded in count and in length, so that odd names cannot pile up.
+_field_names: dict[bytes, str] = {}
+MAX_FIELD_NAMES = 4096
+MAX_FIELD_NAME = 64
+
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
 _LINE_OVERHEAD = 12
 
@@ -97,7 +104,7 @@ class Requestant:
 
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
     __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
-                 "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
+                 "_request", "_url_parts", "_method", "_fields", "_line_bytes", "_field_bytes",
                  "_sections", "_raw_bytes", "_head_start", "_line_start", "_head_tail", "_bypass",
                  "_failure", "_received", "_decoder")
 
@@ -113,6 +120,7 @@ class Requestant:
         self.busy = False
         self._request: Request | None = None
         self._url_parts: list[bytes] = []
+        self._method = b""  # the method's bytes, once llhttp has accepted them
         self._fields: list[tuple[str, str]] = []
         self._line_bytes = 0    # request line so far: method, target, SP SP HTTP/x.y CRLF
         self._field_bytes = 0   # field lines of the current section, as reported
@@ -211,7 +219,8 @@ class Requestant:
     def on_url(self, piece: bytes) -> None:
         if not self._url_parts:  # llhttp has just accepted the method
             self._head_start = None
-            self._line_bytes += len(self._parser.get_method())
+            self._method = self._parser.get_method()  # kept: each call makes a new bytes
+            self._line_bytes += len(self._method)
         self._url_parts.append(piece)
         self._line_bytes += len(piece)
         if self._line_bytes > self.limits.max_request_line:
@@ -222,7 +231,10 @@ class Requestant:
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops leading OWS but keeps trailing OWS (RFC 9112 §5.1: strip both).
         fields = self._fields
-        fields.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
+        text = _field_names.get(name)
+        if text is None:
+            text = _field_name(name)
+        fields.append((text, value.rstrip(b" \t").decode("latin-1")))
         self._field_bytes += len(name) + len(value) + 4  # as if sent "name: value\r\n"
         limits = self.limits
         if self._field_bytes > limits.max_header_bytes or len(fields) > limits.max_header_count:
@@ -243,7 +255,7 @@ class Requestant:
                 if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
                     self._fail(505, "HTTP version not supported")
                 version = "1.1"  # a later 1.x: served as the highest minor we speak (§2.3)
-        raw_method = parser.get_method()
+        raw_method = self._method
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._fail(501, "CONNECT not implemented: this is not a proxy")
@@ -553,6 +565,14 @@ class Requestant:
 
         self._bypass = refuse
         return error
+
+
+def _field_name(name: bytes) -> str:
+    """A field name as text, remembered (bounded) for the next request that sends it."""
+    text = name.decode("latin-1")
+    if len(name) <= MAX_FIELD_NAME and len(_field_names) < MAX_FIELD_NAMES:
+        _field_names[name] = text
+    return text
 
 
 def _discard(data: bytes) -> None:
