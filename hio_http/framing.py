@@ -34,8 +34,8 @@ from .grammar import BYTES_LIKE, check_field, list_members
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
            "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
-           "reason_of", "check_status", "clean_statuses", "check_headers", "drop_hop_by_hop",
-           "body_bytes"]
+           "reason_of", "check_status", "clean_statuses", "clean_heads", "check_headers",
+           "drop_hop_by_hop", "body_bytes"]
 
 logger = logging.getLogger("hio_http.server")
 
@@ -69,6 +69,13 @@ MAX_CLEAN_HEADERS = 4096
 MAX_CLEAN_VALUE = 256
 clean_statuses: set[str] = set()  # status lines found valid (a caller may skip check_status)
 _status_lines: dict[str, tuple[int, bytes]] = {}  # status -> (its code, its line on the wire)
+
+# The start of a head (status line and fields) as send_head uses it, by its status and fields
+# (a tuple: the status, then each field): (code, the bytes, the Content-Length given or None,
+# whether a Date field and a Server field were given). Only clean fields, so bounded likewise;
+# a status and fields found here need no checks (start_response skips them).
+HeadStart = tuple[int, bytes, Optional[int], bool, bool]
+clean_heads: dict[tuple[object, ...], HeadStart] = {}
 
 _date_line = (0, b"")  # (the second it was made for, the Date line)
 
@@ -146,6 +153,7 @@ class BaseResponder:
     iterator: Optional[Iterator[object]] = None  # the body's items, as they are pulled
 
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings):
+        # (responding.Responder sets the same without calling this: keep the two alike)
         self.connection = connection  # a net.Connection, or an app thread's Relay
         self.request = request
         self.server_header = settings.server_header
@@ -201,40 +209,24 @@ class BaseResponder:
 
     def send_head(self, body: bytes = b"", last: bool = False) -> None:
         """Send status line and headers, with `body` if given; `last` means body is all of it."""
-        status = _status_lines.get(self.status)
-        if status is None:
-            status = (int(self.status[:3]), b"HTTP/1.1 " + self.status.encode("latin-1") + b"\r\n")
-            if len(_status_lines) < MAX_CLEAN_HEADERS:
-                _status_lines[self.status] = status
-        code = status[0]
-        if code < 200 or code in (204, 304):
-            self.bodiless = True
         compression = self.compression
         if compression is not None:
-            body = self._negotiate(compression, code, body, last)
-        has_date = has_server = False
-        lines = [status[1]]
-        for header in self.headers:
-            try:
-                known = _clean_headers.get(header)
-            except TypeError:  # an app changed its list after start_response
-                known = None
-            if known is None:
-                name, value = header
-                kind = _FIELD_KINDS.get(name.lower(), 0)
-                line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-            else:
-                line, kind = known
-            if kind:
-                if kind == _LENGTH:
-                    self.length = int(header[1])
-                elif kind == _DATE:
-                    has_date = True
-                else:
-                    has_server = True
-            lines.append(line)
-        if not has_date:
-            lines.append(http_date())
+            body = self._negotiate(compression, _status_line(self.status)[0], body, last)
+        try:
+            head = clean_heads.get((self.status, *self.headers))
+        except TypeError:  # an app changed its list after start_response
+            head = None
+        if head is None:
+            head = _head_start(self.status, self.headers)
+        code, start, length, has_date, has_server = head
+        if code < 200 or code in (204, 304):
+            self.bodiless = True
+        if length is not None:
+            self.length = length
+        lines = [start]
+        if not has_date:  # the Date line of this second, made by the first head in it
+            date = _date_line
+            lines.append(date[1] if date[0] == int(time.time()) else http_date())
         if not has_server:
             lines.append(self.server_header)
         if self.length is None and (not self.bodiless or last and self.request.method == "HEAD"
@@ -360,6 +352,52 @@ class BaseResponder:
         if park is None:
             return False, None
         return True, park(wake)
+
+
+def _status_line(status: str) -> tuple[int, bytes]:
+    """The code of a status ("200 OK") and its line on the wire."""
+    line = _status_lines.get(status)
+    if line is None:
+        line = (int(status[:3]), b"HTTP/1.1 " + status.encode("latin-1") + b"\r\n")
+        if len(_status_lines) < MAX_CLEAN_HEADERS:
+            _status_lines[status] = line
+    return line
+
+
+def _head_start(status: str, headers: list[Header]) -> HeadStart:
+    """The start of a head: its status line and fields, remembered when every field was a
+    clean one (then the same status and fields skip all of this next time)."""
+    code, line = _status_line(status)
+    length: Optional[int] = None
+    has_date = has_server = False
+    lines = [line]
+    clean = True
+    for header in headers:
+        try:
+            known = _clean_headers.get(header)
+        except TypeError:  # an app changed its list after start_response
+            known = None
+        if known is None:
+            clean = False
+            name, value = header
+            kind = _FIELD_KINDS.get(name.lower(), 0)
+            line = name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+        else:
+            line, kind = known
+        if kind:
+            if kind == _LENGTH:
+                length = int(header[1])
+            elif kind == _DATE:
+                has_date = True
+            else:
+                has_server = True
+        lines.append(line)
+    head = (code, b"".join(lines), length, has_date, has_server)
+    if clean and type(status) is str and status in clean_statuses:  # all of it checked
+        if len(clean_heads) >= MAX_CLEAN_HEADERS:
+            clean_heads.clear()  # the heads in use come back at once
+        clean_heads[(status, *headers)] = head
+    return head
 
 
 def reason_of(code: int) -> str:

@@ -409,22 +409,19 @@ class Connection:
 
     def _ready(self, mask: int) -> None:
         try:
-            self._service(mask)
+            if self.handshaking:
+                self._handshake()
+                return
+            if mask & WRITE:
+                self._flush()
+            if mask & READ and self.reading and not self.closed:
+                self._receive()
         except Exception:  # a fault serving one connection must not reach the loop
             logger.exception("error servicing connection from %s", self.peer)
             try:
                 self.close()
             except Exception:
                 logger.exception("error closing connection from %s", self.peer)
-
-    def _service(self, mask: int) -> None:
-        if self.handshaking:
-            self._handshake()
-            return
-        if mask & WRITE:
-            self._flush()
-        if mask & READ and self.reading and not self.closed:
-            self._receive()
 
     def _handshake(self) -> None:
         try:

@@ -76,6 +76,16 @@ _LOWER_NAMES = {name: name.lower() for name in
                 ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
                  "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
 
+# The end of a request line (before its CRLF) naming a version we speak, and that version.
+_VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
+
+# Field names as sent -> as text: clients send the same few names again and again, and a name
+# met before comes back as the same str, whose hash the look-ups by name then need not compute.
+# Bounded in count and in length, so that odd names cannot pile up.
+_field_names: dict[bytes, str] = {}
+MAX_FIELD_NAMES = 4096
+MAX_FIELD_NAME = 64
+
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
 _LINE_OVERHEAD = 12
 
@@ -93,9 +103,9 @@ class Requestant:
     """
 
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
-    __slots__ = ("limits", "requests", "current", "leftover", "_parser", "_phase",
-                 "_request", "_url_parts", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_head_start", "_head_tail", "_bypass",
+    __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
+                 "_request", "_url_parts", "_method", "_fields", "_line_bytes", "_field_bytes",
+                 "_sections", "_raw_bytes", "_head_start", "_line_start", "_head_tail", "_bypass",
                  "_failure", "_received", "_decoder")
 
     def __init__(self, limits: Limits | None = None):
@@ -105,14 +115,19 @@ class Requestant:
         self.leftover = b""  # bytes after an upgrade request's head, for the next protocol
         self._parser = self._new_parser()
         self._phase = _IDLE
+        # True while a request has begun but its head is not complete (for header deadlines):
+        # the phase is _HEAD, kept as a flag because the steward asks after every request.
+        self.busy = False
         self._request: Request | None = None
         self._url_parts: list[bytes] = []
+        self._method = b""  # the method's bytes, once llhttp has accepted them
         self._fields: list[tuple[str, str]] = []
         self._line_bytes = 0    # request line so far: method, target, SP SP HTTP/x.y CRLF
         self._field_bytes = 0   # field lines of the current section, as reported
         self._sections = 0      # heads begun, to spot one spanning feeds
         self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
+        self._line_start: bytes | None = None  # the bytes fed as the current head began them
         self._head_tail = b""  # the last bytes fed while a head was open (_head_end)
         # Takes the bytes llhttp must not see; returns those after a chunked body, for llhttp.
         self._bypass: Callable[[bytes], bytes | None] | None = None
@@ -121,11 +136,6 @@ class Requestant:
         self._decoder: ChunkedDecoder | None = None
 
     # ---- public API ----
-
-    @property
-    def busy(self) -> bool:
-        """True while a request has begun but its head is not complete (for header deadlines)."""
-        return self._phase == _HEAD
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse more bytes. May complete zero or more requests (pipelining).
@@ -142,7 +152,12 @@ class Requestant:
             data = rest  # what followed a chunked body
         while data:
             phase = self._phase
-            self._remember_head_start(data)
+            # The bytes of a head whose method llhttp has not accepted yet (see
+            # _method_refused), kept here rather than in a call: this runs for every feed.
+            if phase == _IDLE:
+                self._head_start = self._line_start = data
+            elif self._head_start is not None:
+                self._head_start += data
             sections, line_bytes = self._sections, self._line_bytes
             line_unsure = phase == _HEAD and not self._fields  # may end in this feed
             received = self._received
@@ -194,6 +209,7 @@ class Requestant:
 
     def on_message_begin(self) -> None:
         self._phase = _HEAD
+        self.busy = True
         self._sections += 1
         self._url_parts = []
         self._fields = []
@@ -203,7 +219,8 @@ class Requestant:
     def on_url(self, piece: bytes) -> None:
         if not self._url_parts:  # llhttp has just accepted the method
             self._head_start = None
-            self._line_bytes += len(self._parser.get_method())
+            self._method = self._parser.get_method()  # kept: each call makes a new bytes
+            self._line_bytes += len(self._method)
         self._url_parts.append(piece)
         self._line_bytes += len(piece)
         if self._line_bytes > self.limits.max_request_line:
@@ -214,48 +231,31 @@ class Requestant:
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops leading OWS but keeps trailing OWS (RFC 9112 §5.1: strip both).
         fields = self._fields
-        fields.append((name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")))
+        text = _field_names.get(name)
+        if text is None:
+            text = _field_name(name)
+        fields.append((text, value.rstrip(b" \t").decode("latin-1")))
         self._field_bytes += len(name) + len(value) + 4  # as if sent "name: value\r\n"
         limits = self.limits
         if self._field_bytes > limits.max_header_bytes or len(fields) > limits.max_header_count:
             self._fail(431, "request header section too large")
 
     def on_headers_complete(self) -> None:
-        request = self._head_to_request()
-        self._request = self.current = request
-        self._phase = _BODY
-        if request.chunked and request.upgrade is None:  # an upgrade leaves the body unread
-            self._phase = _CHUNKED
-            raise _StopParser  # llhttp must not read the chunked body; feed() takes over
-
-    def on_body(self, piece: bytes) -> None:
-        # Content-Length was checked against max_body up front: the body cannot exceed it.
-        size = len(piece)
-        self._received += size
-        request: Request = self._request  # type: ignore[assignment]  # llhttp is in a body
-        request.body.write(piece)
-        request.body_size += size
-
-    def on_message_complete(self) -> None:
-        request: Request = self._request  # type: ignore[assignment]  # a message just ended
-        request.body.seek(0)
-        request.complete = True
-        self.requests.append(request)
-        self._request = self.current = None
-        self._phase = _IDLE
-        self._head_start = None  # where the next head starts in this feed is unknown
-
-    # ---- head checks ----
-
-    def _head_to_request(self) -> Request:
-        """Validate a complete head and build its Request (RFC 9112 §2-§7)."""
+        """Validate the complete head and make its Request (RFC 9112 §2-§7), the `current` one.
+        (One method, not a callback calling a builder: a call saved per request.)"""
         parser = self._parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
-                self._fail(505, "HTTP version not supported")
-            version = "1.1"  # a later 1.x: served as the highest minor we speak (RFC 9112 §2.3)
-        raw_method = parser.get_method()
+        # httptools makes the version's text with str.format, which costs more than the rest of
+        # the head's checks; a head that began a feed has it in view before its first CRLF.
+        line = self._line_start
+        end = line.find(b"\r\n") if line is not None else -1
+        version = _VERSIONS.get(line[end - 9:end]) if line is not None and end >= 9 else None
+        if version is None:
+            version = parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                if version[:2] != "1.":  # we speak only HTTP/1.x (RFC 9110 §15.6.6)
+                    self._fail(505, "HTTP version not supported")
+                version = "1.1"  # a later 1.x: served as the highest minor we speak (§2.3)
+        raw_method = self._method
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._fail(501, "CONNECT not implemented: this is not a proxy")
@@ -288,8 +288,33 @@ class Requestant:
             expect = self._check_expectation(version, noted.get("expect"))
         body = (io.BytesIO() if length is None and not chunked  # no body: the usual case
                 else self._new_body(chunked, length))
-        return Request(method, target, path, query, version, self._fields, [], body, 0, length,
-                       chunked, parser.should_keep_alive(), expect, upgrade)
+        self._request = self.current = Request(
+            method, target, path, query, version, self._fields, [], body, 0, length, chunked,
+            parser.should_keep_alive(), expect, upgrade)
+        self._phase = _BODY
+        self.busy = False
+        if chunked and upgrade is None:  # an upgrade leaves the body unread
+            self._phase = _CHUNKED
+            raise _StopParser  # llhttp must not read the chunked body; feed() takes over
+
+    def on_body(self, piece: bytes) -> None:
+        # Content-Length was checked against max_body up front: the body cannot exceed it.
+        size = len(piece)
+        self._received += size
+        request: Request = self._request  # type: ignore[assignment]  # llhttp is in a body
+        request.body.write(piece)
+        request.body_size += size
+
+    def on_message_complete(self) -> None:
+        request: Request = self._request  # type: ignore[assignment]  # a message just ended
+        request.body.seek(0)
+        request.complete = True
+        self.requests.append(request)
+        self._request = self.current = None
+        self._phase = _IDLE
+        self._head_start = self._line_start = None  # where the next head starts is unknown
+
+    # ---- head checks ----
 
     def _new_body(self, chunked: bool, length: int | None) -> BinaryIO:
         """Memory for small bodies; a file past `spill_threshold` for large or unknown ones."""
@@ -435,7 +460,7 @@ class Requestant:
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
         # Any version number gets through llhttp, so that HTTP/1.x with x > 1 is served as
-        # HTTP/1.1 (RFC 9112 §2.3); _head_to_request answers 505 for other majors.
+        # HTTP/1.1 (RFC 9112 §2.3); on_headers_complete answers 505 for other majors.
         parser.set_dangerous_leniencies(lenient_version=True)
         return parser
 
@@ -489,19 +514,11 @@ class Requestant:
             status, message = _LLHTTP_REASONS.get(reason, (400, f"malformed request ({reason})"))
             raise self._die(RequestError(status, message))
 
-    def _remember_head_start(self, data: bytes) -> None:
-        """Keep the bytes of a head whose method llhttp has not accepted yet.
-
-        llhttp gives no byte offsets, yet telling an unknown method (501) from garbage
-        (400) needs the method's bytes. They are known while the head began at a feed
-        boundary; once a request completes mid-feed the next head's start is not.
-        """
-        if self._phase == _IDLE:
-            self._head_start = data
-        elif self._head_start is not None:
-            self._head_start += data
-
     def _method_refused(self) -> None:
+        """llhttp refused the method. It gives no byte offsets, yet telling an unknown method
+        (501) from garbage (400) needs the method's bytes: feed() keeps them in `_head_start`
+        while the head began at a feed boundary; once a request completes mid-feed the next
+        head's start is not known."""
         if self._head_start is None:  # the head's start is unknown: call it malformed
             raise self._die(RequestError(400, "malformed request method"))
         self._bypass = self._judge_method
@@ -548,6 +565,14 @@ class Requestant:
 
         self._bypass = refuse
         return error
+
+
+def _field_name(name: bytes) -> str:
+    """A field name as text, remembered (bounded) for the next request that sends it."""
+    text = name.decode("latin-1")
+    if len(name) <= MAX_FIELD_NAME and len(_field_names) < MAX_FIELD_NAMES:
+        _field_names[name] = text
+    return text
 
 
 def _discard(data: bytes) -> None:

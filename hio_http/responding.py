@@ -18,7 +18,7 @@ from mypy_extensions import mypyc_attr
 
 from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
                       ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
-                      drop_hop_by_hop, reason_of)
+                      clean_heads, drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
 from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
@@ -26,18 +26,31 @@ __all__ = ["Responder", "CustomResponder", "BareResponder"]
 
 logger = logging.getLogger("hio_http.server")
 
+_TAKEN: Iterator[object] = iter(())  # the one item is taken (exhausted, it stays exhausted)
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Responder(BaseResponder):
     """Runs a WSGI application for one request (PEP 3333)."""
 
+    result: Optional[Iterable[object]] = None  # what the app returned
+    pending_head = False  # start_response was called; head not yet sent
+
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
                  app: WSGIApp, environ: Environ):
-        super().__init__(connection, request, settings)
+        # BaseResponder.__init__'s assignments, made here rather than by calling it: one is
+        # made for every request, and the call cost more than they do. Keep the two alike.
+        self.connection = connection
+        self.request = request
+        self.server_header = settings.server_header
+        self.high_water = settings.high_water
+        self.headers: list[Header] = []
+        self.keep_alive = request.keep_alive
+        self.bodiless = request.method == "HEAD"
+        if settings.compression is not None:
+            self.compression = settings.compression
         self.app = app
         self.environ = environ
-        self.result: Optional[Iterable[object]] = None
-        self.pending_head = False  # start_response was called; head not yet sent
 
     def start_response(self, status: str, headers: list[Header],
                        exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
@@ -49,12 +62,18 @@ class Responder(BaseResponder):
                 exc_info = None
         elif self.status:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or status not in clean_statuses:  # else known valid
-            check_status(status)
-        if not check_headers(headers):  # some field is new: maybe hop-by-hop
-            headers, close = drop_hop_by_hop(headers)
-            if close:
-                self.keep_alive = False
+        try:  # a head sent before was checked, with nothing to drop: skip it all
+            known = type(status) is str and type(headers) is list and (
+                (status, *headers) in clean_heads)
+        except TypeError:  # an unhashable field, which check_headers names
+            known = False
+        if not known:
+            if type(status) is not str or status not in clean_statuses:  # else known valid
+                check_status(status)
+            if not check_headers(headers):  # some field is new: maybe hop-by-hop
+                headers, close = drop_hop_by_hop(headers)
+                if close:
+                    self.keep_alive = False
         self.status, self.headers = status, headers
         self.pending_head = True
         return self.write
@@ -113,26 +132,24 @@ class Responder(BaseResponder):
         if iterator is None:  # the app failed
             return DONE
         result = self.result
-        if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
-                and not self.head_sent and self.status
-                and self.connection.pending < self.high_water and not self.connection.closed):
-            return self._send_whole(result[0])
         try:
+            if (type(result) is list and len(result) == 1 and type(result[0]) is bytes
+                    and not self.head_sent and self.status
+                    and self.connection.pending < self.high_water
+                    and not self.connection.closed):
+                # The common answer, a one-item list: head and body in one send, without
+                # iterating (and here, not in a method of its own: a call saved per request).
+                self.iterator = _TAKEN
+                self.pending_head = False
+                self.send_head(result[0], last=True)
+                if self.bodiless or self.connection.pending < self.high_water:
+                    # A whole body is neither chunked nor gzipped as a stream: finish() has
+                    # something to do only for one short of its Content-Length.
+                    if self.sent != self.length:
+                        self.finish()
+                    return DONE
+                return BLOCKED  # finished on the pump after the drain, as the loop would
             return self._pull(iterator)
-        except Exception:
-            self.fail()
-            return DONE
-
-    def _send_whole(self, body: bytes) -> str:
-        """The common answer, a one-item list: head and body in one send, no iteration."""
-        try:
-            self.iterator = iter(())  # the item is taken
-            self.pending_head = False
-            self.send_head(body, last=True)  # the head is not out yet: pump() checked
-            if self.bodiless or self.connection.pending < self.high_water:
-                self.finish()
-                return DONE
-            return BLOCKED  # finished on the pump after the drain, as the loop would
         except Exception:
             self.fail()
             return DONE

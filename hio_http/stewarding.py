@@ -100,6 +100,7 @@ class Steward:
     """
 
     server: StewardHost  # the serving.BaseServer that accepted the connection
+    unstarted = False  # self.responder is yet to be started (advance() does it)
 
     def __init__(self, server: StewardHost, sock: socket.socket, peer: object):
         self.server = server
@@ -203,7 +204,8 @@ class Steward:
             if (size <= PARSE_SLICE and requestant.current is None
                     and len(requestant.requests) < self.settings.max_pipeline):
                 requestant.feed(data)  # the usual few small requests: one feed
-                offset = size
+                self.unparsed = b""
+                return
             while offset < size:
                 if len(requestant.requests) >= self.settings.max_pipeline:
                     break
@@ -280,17 +282,24 @@ class Steward:
         stalls = self.server.stalls
         try:
             while not connection.closed:
-                # From here on a responder is set (_begin_next returned True), which mypy
-                # cannot follow; the ignores below spare the loop a check it does not need.
                 if self.responder is None and not self._begin_next():
                     break
-                if stalls is None:
-                    state = self.responder.pump()  # type: ignore[union-attr]
-                else:
-                    previous = stalls.enter(self.responder)
-                    try:
-                        state = self.responder.pump()  # type: ignore[union-attr]
-                    finally:
+                # A responder is set now (_begin_next returned True), which mypy cannot follow.
+                responder: BaseResponder = self.responder  # type: ignore[assignment]
+                # The app's call and the first pull of its body are one activity to the stall
+                # watch (it names the responder either way): two calls fewer per request.
+                previous = stalls.enter(responder) if stalls is not None else None
+                try:
+                    if self.unstarted:
+                        self.unstarted = False
+                        responder.start()  # where an app on the loop runs
+                        if self.responder is None:
+                            # Starting lost the client (a sendfile to a reset peer), which
+                            # closed the connection and released the responder.
+                            return
+                    state = responder.pump()
+                finally:
+                    if stalls is not None:
                         stalls.leave(previous)
                 if state is DONE:
                     if not self._finish_response():
@@ -307,7 +316,11 @@ class Steward:
             logger.exception("internal error serving %s", connection.peer)
             connection.close()
             return
-        self._regulate_reading()
+        # The usual end, everything answered and reading on, leaves nothing to regulate: the
+        # call is saved then (see _regulate_reading for what it weighs).
+        if (self.responder is not None or self.unparsed or self.error is not None
+                or self.requestant.requests or not connection.reading):
+            self._regulate_reading()
 
     def _park(self) -> None:
         """The body said "not yet": let it wake us if it can, else ask it on every pass."""
@@ -355,7 +368,8 @@ class Steward:
         self.advance()
 
     def _begin_next(self) -> bool:
-        """Start a responder for the oldest complete request, or answer an error; False: wait."""
+        """Take up a responder for the oldest complete request (advance() starts it, if it was
+        not begun ahead), or answer an error; False: wait."""
         requestant = self.requestant
         responder: Optional[BaseResponder]
         if self.ahead:
@@ -363,9 +377,8 @@ class Steward:
             self.responder = responder
             if self.server.timed:
                 self.started = time.time()
-            if not started:
-                self._start(responder)
-            return self.responder is not None
+            self.unstarted = not started  # advance() starts it
+            return True
         if self.unparsed and not requestant.requests and self.error is None:
             self._parse(self.unparsed)
         if self.deferred is not None or requestant.requests:
@@ -388,10 +401,8 @@ class Steward:
             self.responder = responder
             if self.server.timed:
                 self.started = time.time()
-            self._start(responder)
-            # Starting may already lose the client (a sendfile to a reset peer), which closes
-            # the connection and releases the responder: then there is nothing to pump.
-            return self.responder is not None
+            self.unstarted = True  # advance() starts it
+            return True
         if self.error is not None:
             self._answer_error(self.error.status, self.error.message)
             return False
@@ -434,17 +445,6 @@ class Steward:
             if started:
                 responder.start()
             self.ahead.append((responder, started))
-
-    def _start(self, responder: BaseResponder) -> None:
-        stalls = self.server.stalls
-        if stalls is None:
-            responder.start()
-            return
-        previous = stalls.enter(responder)
-        try:
-            responder.start()  # where an app on the loop runs
-        finally:
-            stalls.leave(previous)
 
     def _responder_for(self, request: Request) -> Optional[BaseResponder]:
         """The responder for `request` (None: "not yet"); an answer is made into one here."""

@@ -113,18 +113,32 @@ def regular_file_span(filelike: object) -> tuple[Optional[int], int, int]:
     return fd, offset, max(0, info.st_size - offset)
 
 
-_environ_keys: dict[str, str] = {}
-
-
 def environ_key(name: str) -> Optional[str]:
     """HTTP_* key of a request header; None for names with '_' (they could spoof '-' names)."""
-    key = _environ_keys.get(name)
-    if key is None:
-        if "_" in name:
-            return None
-        key = "HTTP_" + name.upper().replace("-", "_")
-        if len(_environ_keys) < 4096:
-            _environ_keys[name] = key
+    if "_" in name:
+        return None
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+# Request field name -> where the environ carries it: CONTENT_TYPE, its HTTP_* key, or "" for
+# none (Content-Length: the framing's CONTENT_LENGTH is set instead; names with '_'). Clients
+# send the same few names again and again; bounded in count and in length, so odd names
+# cannot pile up.
+_field_keys: dict[str, str] = {}
+MAX_FIELD_KEYS = 4096
+MAX_FIELD_KEY_NAME = 64
+
+
+def _field_key(name: str) -> str:
+    lower = name.lower()
+    if lower == "content-type":
+        key = "CONTENT_TYPE"
+    elif lower == "content-length":
+        key = ""
+    else:
+        key = environ_key(name) or ""
+    if len(name) <= MAX_FIELD_KEY_NAME and len(_field_keys) < MAX_FIELD_KEYS:
+        _field_keys[name] = key
     return key
 
 
@@ -147,14 +161,10 @@ def build_environ(base: Environ, request: Request, root_path: str = "") -> Envir
     # they are all here: [(name, value), ...], empty unless a chunked body carried some.
     environ["hio_http.trailers"] = request.trailers
     for name, value in request.headers:
-        lower = name.lower()
-        if lower == "content-type":
-            environ["CONTENT_TYPE"] = value
-            continue
-        if lower == "content-length":
-            continue
-        key = environ_key(name)
+        key = _field_keys.get(name)  # looked up here, not in a call: once per field
         if key is None:
+            key = _field_key(name)
+        if not key:
             continue
         if key in environ:
             separator = "; " if key == "HTTP_COOKIE" else ", "

@@ -673,3 +673,18 @@ def test_chunk_line_whitespace_is_allowed_only_where_the_grammar_allows_it(piece
     for bad in (b" 2\r\nxy\r\n", b"2 \r\nxy\r\n", b"2;a=b \r\nxy\r\n", b"2 2\r\nxy\r\n",
                 b'2;a="b\r\nxy\r\n', b"2;=b\r\nxy\r\n", b"2;a b\r\nxy\r\n"):
         assert error_of(head + bad + b"0\r\n\r\n", piece=piece).status == 400, bad
+
+
+@pytest.mark.parametrize("cut", [None, 3, 14, 20, 40])
+def test_each_request_has_its_own_version_however_they_are_fed(cut):
+    """Pipelined requests of different versions, one after an empty line, one after a body:
+    each keeps the version of its own request line, in one feed or split anywhere."""
+    data = (b"POST /a HTTP/1.0\r\nHost: h\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
+            b"abcGET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"\r\nGET /c HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n")
+    requestant = Requestant()
+    for piece in ([data] if cut is None else [data[:cut], data[cut:cut * 3], data[cut * 3:]]):
+        requestant.feed(piece)
+    assert [(request.target, request.version) for request in requestant.requests] == [
+        ("/a", "1.0"), ("/b", "1.1"), ("/c", "1.0"), ("/d", "1.1")]

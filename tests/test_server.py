@@ -67,6 +67,39 @@ def test_keep_alive_reuses_one_connection(serve):
     connection.close()
 
 
+def test_every_head_is_right_however_many_different_ones_an_app_sends(serve):
+    """Heads are remembered for reuse, in a bounded table: more distinct heads than it holds,
+    mixed with one that repeats, each go out exactly as the app gave them."""
+    def app(environ, start_response):
+        seq = environ["PATH_INFO"][1:]
+        body = b"same" if seq == "same" else seq.encode() * 2
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Seq", seq),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = serve(app)
+    sock = raw_connect(server, timeout=10)
+    paths = [str(n) if n % 7 else "same" for n in range(5000)]
+    received = b""
+    for batch in range(0, len(paths), 50):
+        sock.sendall(b"".join(f"GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                              for path in paths[batch:batch + 50]))
+        for path in paths[batch:batch + 50]:
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            head, _, received = received.partition(b"\r\n\r\n")
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+            expected = b"same" if path == "same" else path.encode() * 2
+            while len(received) < len(expected):
+                received += sock.recv(65536)
+            body, received = received[:len(expected)], received[len(expected):]
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert fields[b"X-Seq"] == path.encode() and body == expected
+            assert fields[b"Content-Length"] == str(len(expected)).encode()
+            assert fields[b"Content-Type"] == b"text/plain" and b"Date" in fields
+    sock.close()
+
+
 def test_unknown_length_is_chunked_on_http11(serve):
     server = serve(streaming_app)
     sock = raw_connect(server)
