@@ -102,6 +102,10 @@ class Acceptor:
         # The family, type and protocol of every accepted socket, as plain ints, found once:
         # socket.accept() would look them up, as enums, on each connection.
         self._kind = (int(sock.family), int(sock.type), sock.proto)
+        # Whether each accepted TCP socket needs TCP_NODELAY set: not once they are seen to
+        # inherit it from the listener (Linux, the BSDs), a system call fewer per connection.
+        self._nodelay_each = not self.unix
+        self._nodelay_checked = self.unix or not _set_nodelay(sock)
         self.accepting = False
         self.resume()
 
@@ -132,12 +136,21 @@ class Acceptor:
                 return False
             sock = socket.socket(*self._kind, fileno=fd)
             sock.setblocking(False)
-            if not self.unix:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._nodelay_each:
+                self._nodelay(sock)
             self.on_accept(sock, peer)
             if stop_when_paused and not self.accepting:  # the handler paused us (limit reached)
                 return False
         return True
+
+    def _nodelay(self, sock: socket.socket) -> None:
+        """Send small segments at once (no Nagle delay), unless the socket inherited that."""
+        if not self._nodelay_checked:
+            self._nodelay_checked = True
+            if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                self._nodelay_each = False
+                return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def take_waiting(self, most: int = 4096) -> None:
         """Accept the connections waiting in the backlog now (before a close that would reset
@@ -155,6 +168,16 @@ class Acceptor:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+def _set_nodelay(sock: socket.socket) -> bool:
+    """Set TCP_NODELAY on a listening socket, for the sockets it accepts to inherit; False if
+    this socket does not take it."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 class FileSpan:
