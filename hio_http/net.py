@@ -336,11 +336,12 @@ class Connection:
 
     def close_when_drained(self) -> None:
         """Close once everything queued has been sent (or at once if nothing is)."""
-        self.pause_reading()
         if self.pending:
+            self.pause_reading()
             self._close_when_drained = True
         else:
-            self.close()
+            self.reading = False
+            self.close()  # which unregisters the socket: no pause_reading() needed first
 
     def _flush(self) -> None:
         while self._chunks:

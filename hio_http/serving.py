@@ -102,6 +102,7 @@ class BaseServer:
         self.stalls: Optional[StallWatch] = None  # told what the loop is doing, when set
         self.closing = False
         self.opened = False
+        self.full = False  # max_connections reached: accepting paused until one closes
         self.drain_until = math.inf  # on `clock`: idle connections close then, once draining
         self.served = 0  # responses finished
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
@@ -292,6 +293,7 @@ class BaseServer:
         if not steward.connection.closed:
             self.stewards.add(steward)
         if len(self.stewards) >= self.settings.max_connections:
+            self.full = True
             for acceptor in self.acceptors:
                 acceptor.pause()
 
@@ -301,7 +303,9 @@ class BaseServer:
 
     def forget(self, steward: Hosted) -> None:
         self.stewards.discard(steward)
-        if not self.closing and len(self.stewards) < self.settings.max_connections:
+        if (self.full and not self.closing
+                and len(self.stewards) < self.settings.max_connections):
+            self.full = False
             for acceptor in self.acceptors:
                 acceptor.resume()
 
