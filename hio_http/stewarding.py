@@ -296,6 +296,7 @@ class Steward:
                     if not self._finish_response():
                         return
                     continue
+                connection.uncork()  # what waits for the rest of the body is sent now
                 if state is WAITING:
                     self._park()
                 else:
@@ -389,6 +390,10 @@ class Steward:
             if self.server.timed:
                 self.started = time.time()
             self._start(responder)
+            if not responder.keep_alive and not responder.working:
+                # The connection's last response, answered on the loop: its tail may go out
+                # with the close's FIN (advance() uncorks if the body has to wait instead).
+                self.connection.cork()
             # Starting may already lose the client (a sendfile to a reset peer), which closes
             # the connection and releases the responder: then there is nothing to pump.
             return self.responder is not None
