@@ -247,7 +247,9 @@ class Connection:
     TLS sockets (already wrapped, handshake not done) finish their handshake here first.
     """
 
-    def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler):
+    def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler,
+                 watch: bool = True):
+        """`watch=False` leaves the socket off the Poller until `read_first()` (plain TCP)."""
         self.sock = sock
         self.receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
         self.peer = peer
@@ -259,10 +261,25 @@ class Connection:
         self.closed = False
         self.pending = 0  # bytes waiting in the send buffer
         self._chunks: deque = deque()
-        self._events = READ
+        self._events = 0
         self._close_when_drained = False
         self._more = 0  # MSG_MORE while corked, else 0: the flags of every send
-        poller.register(sock, READ, self._ready)
+        if watch or self.tls:
+            poller.register(sock, READ, self._ready)
+            self._events = READ
+
+    def read_first(self) -> None:
+        """Read what came with the connection, then watch the socket (when `watch=False`).
+
+        A client usually sends its request as soon as it has connected, so it is often there
+        by the time the connection is accepted: it is answered at once, and a connection that
+        closes after its one request is never registered with the Poller (two epoll_ctl calls
+        fewer). Nothing there yet costs one recv() that finds nothing."""
+        if self._events or self.closed:
+            return
+        self._ready(READ)
+        if not self.closed:
+            self._want(self._events | READ if self.reading else self._events)
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -160,12 +160,13 @@ class BaseServer:
         when the last one closes; `close()` ends the rest at once."""
         if self.closing:
             return
+        # Draining first: a connection taken below may be answered as it is accepted.
+        self.closing = True
+        self.drain_until = self.clock() + self.settings.drain_window
         for acceptor in self.acceptors:
             # Connections the kernel completed but nobody accepted would be reset by the
             # close below, after the client may have sent its request: take them first.
             acceptor.take_waiting()
-        self.closing = True
-        self.drain_until = self.clock() + self.settings.drain_window
         self._close_acceptors()
         for steward in list(self.stewards):
             steward.wind_down()
@@ -296,6 +297,7 @@ class BaseServer:
             self.full = True
             for acceptor in self.acceptors:
                 acceptor.pause()
+        steward.connection.read_first()
 
     def trusts(self, peer: object) -> bool:
         """Whether `peer` (a socket peer address) may speak for clients."""

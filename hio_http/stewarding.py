@@ -126,7 +126,8 @@ class Steward:
             b"" if server.settings.proxy_protocol and server.trusts(peer) else None)
         poller = server.poller
         assert poller is not None  # a server accepts only while open
-        self.connection = Connection(sock, peer, poller, self)
+        # Watched from read_first(), which the server calls once it has counted the steward.
+        self.connection = Connection(sock, peer, poller, self, watch=False)
         if self.connection.handshaking:
             self._expect(State.HANDSHAKE)
         else:
