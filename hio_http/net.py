@@ -25,6 +25,9 @@ logger = logging.getLogger("hio_http.net")
 
 Address = Union[tuple, str, "os.PathLike[str]"]  # (host, port) or a unix socket path
 
+# Linux's flag for "more follows": a partly filled segment waits for it (see Connection.cork).
+MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+
 RECEIVE_SIZE = 256 * 1024  # bytes asked of recv at once: large uploads need few calls
 ACCEPTS_PER_WAKE = 64  # bound the accept loop so one busy listener cannot starve the others
 
@@ -102,6 +105,10 @@ class Acceptor:
         # The family, type and protocol of every accepted socket, as plain ints, found once:
         # socket.accept() would look them up, as enums, on each connection.
         self._kind = (int(sock.family), int(sock.type), sock.proto)
+        # Whether each accepted TCP socket needs TCP_NODELAY set: not once they are seen to
+        # inherit it from the listener (Linux, the BSDs), a system call fewer per connection.
+        self._nodelay_each = not self.unix
+        self._nodelay_checked = self.unix or not _set_nodelay(sock)
         self.accepting = False
         self.resume()
 
@@ -132,12 +139,21 @@ class Acceptor:
                 return False
             sock = socket.socket(*self._kind, fileno=fd)
             sock.setblocking(False)
-            if not self.unix:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._nodelay_each:
+                self._nodelay(sock)
             self.on_accept(sock, peer)
             if stop_when_paused and not self.accepting:  # the handler paused us (limit reached)
                 return False
         return True
+
+    def _nodelay(self, sock: socket.socket) -> None:
+        """Send small segments at once (no Nagle delay), unless the socket inherited that."""
+        if not self._nodelay_checked:
+            self._nodelay_checked = True
+            if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                self._nodelay_each = False
+                return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def take_waiting(self, most: int = 4096) -> None:
         """Accept the connections waiting in the backlog now (before a close that would reset
@@ -155,6 +171,16 @@ class Acceptor:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+def _set_nodelay(sock: socket.socket) -> bool:
+    """Set TCP_NODELAY on a listening socket, for the sockets it accepts to inherit; False if
+    this socket does not take it."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
 
 
 class FileSpan:
@@ -221,7 +247,9 @@ class Connection:
     TLS sockets (already wrapped, handshake not done) finish their handshake here first.
     """
 
-    def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler):
+    def __init__(self, sock: socket.socket, peer, poller: Poller, handler: ConnectionHandler,
+                 watch: bool = True):
+        """`watch=False` leaves the socket off the Poller until `read_first()` (plain TCP)."""
         self.sock = sock
         self.receive_size = RECEIVE_SIZE  # a client reading for a slow consumer asks for less
         self.peer = peer
@@ -233,9 +261,25 @@ class Connection:
         self.closed = False
         self.pending = 0  # bytes waiting in the send buffer
         self._chunks: deque = deque()
-        self._events = READ
+        self._events = 0
         self._close_when_drained = False
-        poller.register(sock, READ, self._ready)
+        self._more = 0  # MSG_MORE while corked, else 0: the flags of every send
+        if watch or self.tls:
+            poller.register(sock, READ, self._ready)
+            self._events = READ
+
+    def read_first(self) -> None:
+        """Read what came with the connection, then watch the socket (when `watch=False`).
+
+        A client usually sends its request as soon as it has connected, so it is often there
+        by the time the connection is accepted: it is answered at once, and a connection that
+        closes after its one request is never registered with the Poller (two epoll_ctl calls
+        fewer). Nothing there yet costs one recv() that finds nothing."""
+        if self._events or self.closed:
+            return
+        self._ready(READ)
+        if not self.closed:
+            self._want(self._events | READ if self.reading else self._events)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -245,7 +289,7 @@ class Connection:
             return
         if not self._chunks and not self.handshaking:
             try:
-                sent = self.sock.send(data)
+                sent = self.sock.send(data, self._more)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
             except GONE as ex:
@@ -273,7 +317,7 @@ class Connection:
                 self.send(part)
             return
         try:
-            sent = self.sock.sendmsg(parts)
+            sent = self.sock.sendmsg(parts, (), self._more)
         except BlockingIOError:
             sent = 0
         except GONE as ex:
@@ -311,13 +355,31 @@ class Connection:
         if not self.closed:
             self._want(self._events | WRITE)
 
+    def cork(self) -> None:
+        """What is sent from now on is the last before close(): on TCP (Linux) the kernel may
+        hold a partly filled segment, so that the close sends the tail of the data and the FIN
+        in one segment instead of two (Linux sends a held segment after 200 ms at the latest).
+        `uncork()` sends what is held now, for a response that has to wait for its body."""
+        if MSG_MORE and not self.tls and isinstance(self.peer, tuple):
+            self._more = MSG_MORE
+
+    def uncork(self) -> None:
+        """Send what `cork()` held back now, and let later sends go at once again."""
+        if self._more and not self.closed:
+            self._more = 0
+            try:  # setting TCP_NODELAY pushes whatever the socket holds
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
     def close_when_drained(self) -> None:
         """Close once everything queued has been sent (or at once if nothing is)."""
-        self.pause_reading()
         if self.pending:
+            self.pause_reading()
             self._close_when_drained = True
         else:
-            self.close()
+            self.reading = False
+            self.close()  # which unregisters the socket: no pause_reading() needed first
 
     def _flush(self) -> None:
         while self._chunks:
@@ -328,7 +390,7 @@ class Connection:
                 self._chunks.popleft()
                 continue
             try:
-                sent = self.sock.send(chunk)
+                sent = self.sock.send(chunk, self._more)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except GONE as ex:
@@ -470,6 +532,14 @@ class Connection:
                 chunk.close()
         self._chunks.clear()
         self.pending = 0
+        if self._more:
+            # Corked: the FIN goes with what is held. Through shutdown(), not close() alone,
+            # which resets the connection, dropping the held bytes, if the client has sent
+            # bytes nobody read (requests after its last one).
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         try:
             self.sock.close()
         except OSError:

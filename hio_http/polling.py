@@ -43,6 +43,11 @@ _EPOLL_EVENTS = ({READ: select.EPOLLIN, WRITE: select.EPOLLOUT,
                  if hasattr(select, "epoll") else {})
 
 
+# A SelectorKey made as its class's own __new__ makes it, without that Python-level call:
+# one registration per connection.
+_new_key = tuple.__new__
+
+
 def _ignore(mask: int) -> None:
     """The callback of a file registered only to wake the loop."""
 
@@ -79,7 +84,8 @@ class Poller:
             fd = fileobj.fileno()
             if fd >= 0 and fd not in self._keys:  # else the selector says what is wrong
                 self._epoll.register(fd, _EPOLL_EVENTS[events])
-                self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, callback or _ignore)
+                self._keys[fd] = _new_key(selectors.SelectorKey,
+                                          (fileobj, fd, events, callback or _ignore))
                 return
         self._selector.register(fileobj, events, callback or _ignore)
 

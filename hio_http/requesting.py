@@ -194,16 +194,26 @@ class Requestant:
 
         Requests already popped from `requests` belong to the caller and stay open.
         """
-        for request in self.requests:
-            request.body.close()
-        self.requests.clear()
+        requests = self.requests
+        if requests:
+            for request in requests:
+                request.body.close()
+            requests.clear()
         if self._failure is None:  # a dead Requestant already dropped its unfinished one
-            self._die(ValueError("feed() on a closed Requestant"))
+            # _die's work, without its closure: this runs once for every connection
+            unfinished = self._request
+            if unfinished is not None and not unfinished.complete:
+                unfinished.body.close()
+            self._request = self.current = self._decoder = None
+            self._failure = _CLOSED
+            self._bypass = _refuse_closed
         # The parser holds our callbacks, so we and it make a cycle: let go of it (nothing
         # parses after close), and a closed Requestant is freed as soon as it is dropped
         # instead of waiting for the cycle collector, which a busy server then runs less.
-        if hasattr(self, "_parser"):
+        try:
             del self._parser
+        except AttributeError:  # closed before
+            pass
 
     # ---- llhttp callbacks (called by httptools during feed_data) ----
 
@@ -573,6 +583,13 @@ def _field_name(name: bytes) -> str:
     if len(name) <= MAX_FIELD_NAME and len(_field_names) < MAX_FIELD_NAMES:
         _field_names[name] = text
     return text
+
+
+_CLOSED = ValueError("feed() on a closed Requestant")  # what `_failure` holds after close()
+
+
+def _refuse_closed(data: bytes) -> None:
+    raise ValueError("feed() on a closed Requestant")
 
 
 def _discard(data: bytes) -> None:

@@ -102,6 +102,7 @@ class BaseServer:
         self.stalls: Optional[StallWatch] = None  # told what the loop is doing, when set
         self.closing = False
         self.opened = False
+        self.full = False  # max_connections reached: accepting paused until one closes
         self.drain_until = math.inf  # on `clock`: idle connections close then, once draining
         self.served = 0  # responses finished
         self.access = (AccessLog(self.settings.access_log_format) if self.settings.access_log
@@ -159,12 +160,13 @@ class BaseServer:
         when the last one closes; `close()` ends the rest at once."""
         if self.closing:
             return
+        # Draining first: a connection taken below may be answered as it is accepted.
+        self.closing = True
+        self.drain_until = self.clock() + self.settings.drain_window
         for acceptor in self.acceptors:
             # Connections the kernel completed but nobody accepted would be reset by the
             # close below, after the client may have sent its request: take them first.
             acceptor.take_waiting()
-        self.closing = True
-        self.drain_until = self.clock() + self.settings.drain_window
         self._close_acceptors()
         for steward in list(self.stewards):
             steward.wind_down()
@@ -292,8 +294,10 @@ class BaseServer:
         if not steward.connection.closed:
             self.stewards.add(steward)
         if len(self.stewards) >= self.settings.max_connections:
+            self.full = True
             for acceptor in self.acceptors:
                 acceptor.pause()
+        steward.connection.read_first()
 
     def trusts(self, peer: object) -> bool:
         """Whether `peer` (a socket peer address) may speak for clients."""
@@ -301,7 +305,9 @@ class BaseServer:
 
     def forget(self, steward: Hosted) -> None:
         self.stewards.discard(steward)
-        if not self.closing and len(self.stewards) < self.settings.max_connections:
+        if (self.full and not self.closing
+                and len(self.stewards) < self.settings.max_connections):
+            self.full = False
             for acceptor in self.acceptors:
                 acceptor.resume()
 

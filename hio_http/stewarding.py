@@ -127,7 +127,8 @@ class Steward:
             b"" if server.settings.proxy_protocol and server.trusts(peer) else None)
         poller = server.poller
         assert poller is not None  # a server accepts only while open
-        self.connection = Connection(sock, peer, poller, self)
+        # Watched from read_first(), which the server calls once it has counted the steward.
+        self.connection = Connection(sock, peer, poller, self, watch=False)
         if self.connection.handshaking:
             self._expect(State.HANDSHAKE)
         else:
@@ -297,6 +298,11 @@ class Steward:
                             # Starting lost the client (a sendfile to a reset peer), which
                             # closed the connection and released the responder.
                             return
+                        if not responder.keep_alive and not responder.working:
+                            # The connection's last response, answered on the loop: its tail
+                            # may go out with the close's FIN (uncorked below if the body
+                            # has to wait instead).
+                            connection.cork()
                     state = responder.pump()
                 finally:
                     if stalls is not None:
@@ -305,6 +311,7 @@ class Steward:
                     if not self._finish_response():
                         return
                     continue
+                connection.uncork()  # what waits for the rest of the body is sent now
                 if state is WAITING:
                     self._park()
                 else:

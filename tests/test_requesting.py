@@ -507,6 +507,20 @@ def test_close_releases_unfinished_and_queued_bodies():
         requestant.feed(GET)
 
 
+def test_close_twice_and_a_failed_requestant_keeps_its_error():
+    requestant = Requestant()
+    requestant.close()
+    requestant.close()
+    with pytest.raises(ValueError):
+        requestant.feed(GET)
+    failed = Requestant()
+    with pytest.raises(RequestError):
+        failed.feed(b"\x00\x01 garbage\r\n\r\n")
+    failed.close()
+    with pytest.raises(RequestError):
+        failed.feed(GET)
+
+
 def test_close_leaves_popped_requests_alone():
     requestant = Requestant()
     requestant.feed(POST)

@@ -5,6 +5,7 @@ import http.client
 import json
 import logging
 import socket
+import threading
 import time
 import weakref
 
@@ -365,6 +366,32 @@ def test_client_connection_close_is_honoured(serve):
     data = read_until_closed(sock)
     assert b"Connection: close" in data
     assert data.endswith(b"Hello, world!")
+
+
+def test_a_waiting_last_response_sends_what_it_has_at_once(serve):
+    """The last response of a connection may be held back for the FIN (Connection.cork),
+    but not while its body waits for more: the client gets the first part meanwhile."""
+    got_first = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first "
+        while not got_first.is_set():
+            yield b""  # not yet
+        yield b"second"
+
+    server = serve(app)
+    sock = raw_connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    sock.settimeout(5)
+    received = b""
+    while b"first " not in received:
+        chunk = sock.recv(4096)
+        assert chunk, "closed before the first part came"
+        received += chunk
+    got_first.set()
+    received += read_until_closed(sock)
+    assert received.endswith(b"6\r\nsecond\r\n0\r\n\r\n")
 
 
 def test_a_closed_connection_is_freed_without_the_cycle_collector(serve):
