@@ -63,6 +63,8 @@ class Poller:
         self._bell.setblocking(False)
         self._selector.register(self._alarm, READ, self._quiet)
         self._rung = False  # a byte is on its way: a further wake() need not write another
+        self.dispatching = False  # callbacks of ready files are running
+        self._after: list[Callable[[], None]] = []  # to run when they have all run
         # On epoll, select() asks it directly: the selectors module's own select() costs more
         # Python work per wait than the rest of a Doist's turn. A socket is registered and
         # unregistered directly too (once per connection), in the selector's own map, so its
@@ -149,10 +151,23 @@ class Poller:
         return events
 
     def dispatch(self, events: Ready) -> int:
-        """The other half of `poll`: run the callback of each ready file."""
-        for key, mask in events:
-            key.data(mask)
+        """The other half of `poll`: run the callback of each ready file, then what asked to
+        run after them (`after_dispatch`)."""
+        self.dispatching = True
+        try:
+            for key, mask in events:
+                key.data(mask)
+        finally:
+            self.dispatching = False
+            if self._after:
+                later, self._after = self._after, []
+                for call in later:
+                    call()
         return len(events)
+
+    def after_dispatch(self, call: Callable[[], None]) -> None:
+        """Run `call` once the callbacks of the current dispatch have all run."""
+        self._after.append(call)
 
     def wake(self) -> None:
         """End the current (or next) wait at once. Safe from any thread and from a signal

@@ -129,6 +129,9 @@ class Steward:
         assert poller is not None  # a server accepts only while open
         # Watched from read_first(), which the server calls once it has counted the steward.
         self.connection = Connection(sock, peer, poller, self, watch=False)
+        # Answers made while the Poller dispatches go out together at its end (see
+        # Connection._batch); under TLS each send stays a record of its own, at once.
+        self.connection.batching = not self.connection.tls
         if self.connection.handshaking:
             self._expect(State.HANDSHAKE)
         else:

@@ -119,7 +119,7 @@ SERVERS = [
                _hio_http_threads(4),
                "its CLI with --threads 4 (app calls on a pool of 4 threads)",
                cases=THREADED_CASES),
-    ServerSpec(BASELINE, "hio_http-baseline", ("httptools",), _hio_http,
+    ServerSpec(BASELINE, "hio_http-baseline", ("httptools", "mypy_extensions"), _hio_http,
                "its CLI as at the --baseline revision (default HEAD), default settings",
                cases=BASELINE_CASES),
     ServerSpec("hio_http wide", "hio_http", ("httptools", "mypy_extensions", "py-spy"),
