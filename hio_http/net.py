@@ -127,7 +127,16 @@ class Acceptor:
         self._accept_some(stop_when_paused=True)
 
     def _accept_some(self, stop_when_paused: bool = False) -> bool:
-        """Accept up to ACCEPTS_PER_WAKE connections; False once none is left."""
+        """Accept up to ACCEPTS_PER_WAKE connections; False once none is left. Their first
+        answers (see Connection.read_first) are one batch."""
+        poller = self.poller
+        poller.begin_batch()
+        try:
+            return self._accept_batch(stop_when_paused)
+        finally:
+            poller.end_batch()
+
+    def _accept_batch(self, stop_when_paused: bool) -> bool:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
                 # accept() less its Python work (see _kind); typeshed does not list _accept
@@ -264,8 +273,8 @@ class Connection:
         self._events = 0
         self._close_when_drained = False
         self._more = 0  # MSG_MORE while corked, else 0: the flags of every send
-        self.batching = False  # sends made while the Poller dispatches wait for its end
-        self._batched = False  # what is queued waits for the end of the dispatch
+        self.batching = False  # sends made in a batch of the Poller's wait for its end
+        self._batched = False  # what is queued waits for the end of the batch
         if watch or self.tls:
             poller.register(sock, READ, self._ready)
             self._events = READ
@@ -309,22 +318,23 @@ class Connection:
         self._want(self._events | WRITE)
 
     def _batch(self) -> bool:
-        """Whether a send is to wait for the end of the Poller's dispatch (then it is queued).
+        """Whether a send is to wait for the end of the Poller's batch (then it is queued).
 
-        A batch of ready sockets answered one after another would wake a local client (a
+        Several ready sockets answered one after another would wake a local client (a
         benchmark, a proxy on the same host) once per answer, each wake-up paid by the sender
         inside send(); sent together at the end of the batch, the answers wake it about once.
-        Only plain sockets, only while dispatching: a send made anywhere else goes at once."""
+        Only plain sockets, only in a batch (see Poller.begin_batch): a lone ready socket's
+        answer, or a send made anywhere else, goes at once."""
         if self._batched:
             return True
-        if not self.batching or not self.poller.dispatching or self._chunks or self.handshaking:
+        if not self.batching or not self.poller.batching or self._chunks or self.handshaking:
             return False
         self._batched = True
-        self.poller.after_dispatch(self._send_batched)
+        self.poller.after_batch(self._send_batched)
         return True
 
     def _send_batched(self) -> None:
-        """The end of the dispatch: send what was batched, as a drain would."""
+        """The end of the batch: send what was batched, as a drain would."""
         if self._batched and not self.closed:
             self._batched = False
             if self._send_queued():

@@ -63,8 +63,9 @@ class Poller:
         self._bell.setblocking(False)
         self._selector.register(self._alarm, READ, self._quiet)
         self._rung = False  # a byte is on its way: a further wake() need not write another
-        self.dispatching = False  # callbacks of ready files are running
-        self._after: list[Callable[[], None]] = []  # to run when they have all run
+        self.batching = False  # work of several ready files is under way (see batch())
+        self._depth = 0  # batches begun and not ended
+        self._after: list[Callable[[], None]] = []  # to run when the outermost batch ends
         # On epoll, select() asks it directly: the selectors module's own select() costs more
         # Python work per wait than the rest of a Doist's turn. A socket is registered and
         # unregistered directly too (once per connection), in the selector's own map, so its
@@ -151,22 +152,37 @@ class Poller:
         return events
 
     def dispatch(self, events: Ready) -> int:
-        """The other half of `poll`: run the callback of each ready file, then what asked to
-        run after them (`after_dispatch`)."""
-        self.dispatching = True
-        try:
+        """The other half of `poll`: run the callback of each ready file; several are one
+        batch (see begin_batch)."""
+        if len(events) > 1:
+            self.begin_batch()
+            try:
+                for key, mask in events:
+                    key.data(mask)
+            finally:
+                self.end_batch()
+        else:
             for key, mask in events:
                 key.data(mask)
-        finally:
-            self.dispatching = False
+        return len(events)
+
+    def begin_batch(self) -> None:
+        """Work for several peers follows (the callbacks of one dispatch, an accept loop):
+        until the matching end_batch(), `after_batch` calls wait for its end."""
+        self._depth += 1
+        self.batching = True
+
+    def end_batch(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.batching = False
             if self._after:
                 later, self._after = self._after, []
                 for call in later:
                     call()
-        return len(events)
 
-    def after_dispatch(self, call: Callable[[], None]) -> None:
-        """Run `call` once the callbacks of the current dispatch have all run."""
+    def after_batch(self, call: Callable[[], None]) -> None:
+        """Run `call` when the current batch ends (only while `batching`)."""
         self._after.append(call)
 
     def wake(self) -> None:
