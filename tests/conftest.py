@@ -155,3 +155,23 @@ def wait_for(condition, timeout=15.0):
             return value
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+class ConnectionEvents:
+    """A net.Connection handler that only counts what it is told: drains and closes."""
+
+    def __init__(self):
+        self.drains = 0
+        self.closes = 0
+
+    def connected(self): pass
+
+    def received(self, data): pass
+
+    def ended(self): pass
+
+    def drained(self):
+        self.drains += 1
+
+    def closed(self):
+        self.closes += 1

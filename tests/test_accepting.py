@@ -6,8 +6,12 @@ import sys
 import termios
 import time
 
+import pytest
+
 from hio_http import net
 from hio_http.polling import Poller
+
+from conftest import ConnectionEvents
 
 
 def accept_some(count):
@@ -28,7 +32,10 @@ def nodelay(sock):
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def test_accepted_tcp_sockets_send_small_segments_at_once():
+@pytest.mark.parametrize("listener_passes_it_on", [True, False])
+def test_accepted_tcp_sockets_send_small_segments_at_once(monkeypatch, listener_passes_it_on):
+    if not listener_passes_it_on:  # then it is set on each accepted socket
+        monkeypatch.setattr(net, "_set_nodelay", lambda sock: False)
     accepted, clients = accept_some(3)
     try:
         assert len(accepted) == 3
@@ -36,31 +43,6 @@ def test_accepted_tcp_sockets_send_small_segments_at_once():
     finally:
         for sock in accepted + clients:
             sock.close()
-
-
-def test_nodelay_is_set_on_each_socket_where_the_listener_cannot_pass_it_on(monkeypatch):
-    monkeypatch.setattr(net, "_set_nodelay", lambda sock: False)
-    accepted, clients = accept_some(2)
-    try:
-        assert len(accepted) == 2
-        assert all(nodelay(sock) for sock in accepted)
-    finally:
-        for sock in accepted + clients:
-            sock.close()
-
-
-class Quiet:
-    """A Connection handler that ignores every event."""
-
-    def connected(self): pass
-
-    def received(self, data): pass
-
-    def ended(self): pass
-
-    def drained(self): pass
-
-    def closed(self): pass
 
 
 def test_a_corked_last_response_arrives_even_with_unread_bytes_from_the_client():
@@ -71,7 +53,7 @@ def test_a_corked_last_response_arrives_even_with_unread_bytes_from_the_client()
     (sock,), (client,) = accepted, clients
     try:
         sock.setblocking(False)
-        connection = net.Connection(sock, sock.getpeername(), poller, Quiet())
+        connection = net.Connection(sock, sock.getpeername(), poller, ConnectionEvents())
         client.sendall(b"bytes the server never reads")
         deadline = time.monotonic() + 5
         while not _unread(sock) and time.monotonic() < deadline:
@@ -109,7 +91,7 @@ def test_uncork_sends_what_the_cork_held_at_once():
     (sock,), (client,) = accepted, clients
     try:
         sock.setblocking(False)
-        connection = net.Connection(sock, sock.getpeername(), poller, Quiet())
+        connection = net.Connection(sock, sock.getpeername(), poller, ConnectionEvents())
         connection.cork()
         connection.send(b"first part")
         began = time.monotonic()

@@ -9,25 +9,7 @@ import pytest
 from hio_http import net
 from hio_http.polling import READ, Poller
 
-
-class Recorder:
-    """A Connection handler that counts drains and closes."""
-
-    def __init__(self):
-        self.drains = 0
-        self.closes = 0
-
-    def connected(self): pass
-
-    def received(self, data): pass
-
-    def ended(self): pass
-
-    def drained(self):
-        self.drains += 1
-
-    def closed(self):
-        self.closes += 1
+from conftest import ConnectionEvents
 
 
 @pytest.fixture
@@ -38,7 +20,7 @@ def rig():
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
-    handler = Recorder()
+    handler = ConnectionEvents()
     connection = net.Connection(ours, ("127.0.0.1", 1), poller, handler)
     connection.batching = True
     bell, clapper = socket.socketpair()

@@ -19,7 +19,7 @@ import pytest
 from hio_http.clienting import Client, ConnectionLost, ProtocolError
 from hio_http.testing import serve_in_thread
 
-from conftest import stdlib_server, waitress_server
+from conftest import ConnectionEvents, stdlib_server, waitress_server
 
 waitress = pytest.importorskip("waitress")
 
@@ -181,19 +181,6 @@ def test_chunked_upload_with_trailers_to_the_standard_library():
     assert seen["declared"] == "X-Sum, X-Parts"
 
 
-class Quiet:
-    """A net.Connection handler that ignores every event."""
-
-    def connected(self): pass
-
-    def received(self, data): pass
-
-    def ended(self): pass
-
-    def drained(self): pass
-
-    def closed(self): pass
-
 
 def test_parts_sent_together_keep_their_order_through_partial_sends():
     """A chunk goes out as size line, data and CRLF in one sendmsg; what the socket does not
@@ -205,7 +192,7 @@ def test_parts_sent_together_keep_their_order_through_partial_sends():
     writer.setblocking(False)
     reader.settimeout(5)
     poller = Poller()
-    connection = Connection(writer, None, poller, Quiet())
+    connection = Connection(writer, None, poller, ConnectionEvents())
     parts = [os.urandom(size) for size in (5, 300_000, 2, 7, 100_000, 2)]
     connection.send_parts(parts[:3])
     cut = connection.pending
