@@ -67,10 +67,10 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     SessionState.CLOSING: frozenset((SessionState.CLOSED,)),
     SessionState.CLOSED: frozenset()}
 
-# Bytes asked of one receive at most. Each receive is a new bytes object; at 64 KiB they stay
-# in the CPU's caches, and a streamed download ran about a fifth faster than at 256 KiB
-# (scripts/bench/README.md, the client's streams).
-RECEIVE_SIZE_CAP = 64 * 1024
+# Bytes asked of one receive at most. Each receive is a new bytes object: at 256 KiB a
+# streamed download ran about a fifth slower than at 64 KiB, and at 128 KiB, since a receive
+# costs fewer Python calls than it did, fastest (scripts/bench/README.md, the client's streams).
+RECEIVE_SIZE_CAP = 128 * 1024
 
 RECEIVING = frozenset((SessionState.READY, SessionState.CLOSING))  # responses are read
 
