@@ -240,10 +240,8 @@ class ResponseStream:
         return self._size + (self.inflater.buffered if self.inflater is not None else 0)
 
     @property
-    def full(self) -> bool:
-        if self.inflater is None:
-            return self._size >= self.high_water
-        return self._size + self.inflater.buffered >= self.high_water
+    def full(self) -> bool:  # plain bodies, the usual case, without the `buffered` call
+        return (self._size if self.inflater is None else self.buffered) >= self.high_water
 
     def decode(self, coding: str) -> None:
         self.inflater = Inflater(coding)

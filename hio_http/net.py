@@ -273,7 +273,7 @@ class Connection:
         self._events = 0
         self._close_when_drained = False
         self._more = 0  # MSG_MORE while corked, else 0: the flags of every send
-        self.batching = False  # sends made in a batch of the Poller's wait for its end
+        self.batch_sends = False  # sends made in a batch of the Poller's wait for its end
         self._batched = False  # what is queued waits for the end of the batch
         if watch or self.tls:
             poller.register(sock, READ, self._ready)
@@ -327,7 +327,8 @@ class Connection:
         answer, or a send made anywhere else, goes at once."""
         if self._batched:
             return True
-        if not self.batching or not self.poller.batching or self._chunks or self.handshaking:
+        if (not self.batch_sends or not self.poller.batch_depth or self._chunks
+                or self.handshaking):
             return False
         self._batched = True
         self.poller.after_batch(self._send_batched)

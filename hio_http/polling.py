@@ -63,8 +63,7 @@ class Poller:
         self._bell.setblocking(False)
         self._selector.register(self._alarm, READ, self._quiet)
         self._rung = False  # a byte is on its way: a further wake() need not write another
-        self.batching = False  # work of several ready files is under way (see batch())
-        self._depth = 0  # batches begun and not ended
+        self.batch_depth = 0  # batches begun and not ended (see begin_batch)
         self._after: list[Callable[[], None]] = []  # to run when the outermost batch ends
         # On epoll, select() asks it directly: the selectors module's own select() costs more
         # Python work per wait than the rest of a Doist's turn. A socket is registered and
@@ -169,20 +168,18 @@ class Poller:
     def begin_batch(self) -> None:
         """Work for several peers follows (the callbacks of one dispatch, an accept loop):
         until the matching end_batch(), `after_batch` calls wait for its end."""
-        self._depth += 1
-        self.batching = True
+        self.batch_depth += 1
 
     def end_batch(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self.batching = False
+        self.batch_depth -= 1
+        if self.batch_depth == 0:
             if self._after:
                 later, self._after = self._after, []
                 for call in later:
                     call()
 
     def after_batch(self, call: Callable[[], None]) -> None:
-        """Run `call` when the current batch ends (only while `batching`)."""
+        """Run `call` when the current batch ends (only while `batch_depth`)."""
         self._after.append(call)
 
     def wake(self) -> None:

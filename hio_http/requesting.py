@@ -200,13 +200,7 @@ class Requestant:
                 request.body.close()
             requests.clear()
         if self._failure is None:  # a dead Requestant already dropped its unfinished one
-            # _die's work, without its closure: this runs once for every connection
-            unfinished = self._request
-            if unfinished is not None and not unfinished.complete:
-                unfinished.body.close()
-            self._request = self.current = self._decoder = None
-            self._failure = _CLOSED
-            self._bypass = _refuse_closed
+            self._die(_CLOSED, _refuse_closed)  # no closure made: this runs for every connection
         # The parser holds our callbacks, so we and it make a cycle: let go of it (nothing
         # parses after close), and a closed Requestant is freed as soon as it is dropped
         # instead of waiting for the cycle collector, which a busy server then runs less.
@@ -562,17 +556,17 @@ class Requestant:
     def _keep_leftover(self, data: bytes) -> None:
         self.leftover += data
 
-    def _die(self, error: BaseException) -> BaseException:
-        """Make every later feed() raise `error`, drop the unfinished request, return
-        `error` for the caller to raise."""
+    def _die(self, error: BaseException,
+             refuse: Callable[[bytes], None] | None = None) -> BaseException:
+        """Make every later feed() raise `error` (or call `refuse`, which raises), drop the
+        unfinished request, return `error` for the caller to raise."""
         self._failure = error
         if self._request is not None and not self._request.complete:
             self._request.body.close()
         self._request = self.current = self._decoder = None
-
-        def refuse(data: bytes) -> None:
-            raise error.with_traceback(None)
-
+        if refuse is None:
+            def refuse(data: bytes) -> None:
+                raise error.with_traceback(None)
         self._bypass = refuse
         return error
 

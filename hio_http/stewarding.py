@@ -131,7 +131,7 @@ class Steward:
         self.connection = Connection(sock, peer, poller, self, watch=False)
         # Answers made while the Poller dispatches go out together at its end (see
         # Connection._batch); under TLS each send stays a record of its own, at once.
-        self.connection.batching = not self.connection.tls
+        self.connection.batch_sends = not self.connection.tls
         if self.connection.handshaking:
             self._expect(State.HANDSHAKE)
         else:

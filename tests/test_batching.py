@@ -22,7 +22,7 @@ def rig():
     theirs.setblocking(False)
     handler = ConnectionEvents()
     connection = net.Connection(ours, ("127.0.0.1", 1), poller, handler)
-    connection.batching = True
+    connection.batch_sends = True
     bell, clapper = socket.socketpair()
     bell.setblocking(False)
     yield poller, connection, theirs, handler, bell, clapper
@@ -136,28 +136,22 @@ def test_what_the_socket_does_not_take_waits_for_writability(rig):
     assert connection.pending == 0 and handler.drains == 1
 
 
-def test_a_connection_that_does_not_batch_sends_at_once_inside_a_dispatch(rig):
+@pytest.mark.parametrize("alone, batch_sends", [(False, False), (True, True)],
+                         ids=["a connection that does not batch", "a lone ready socket"])
+def test_a_send_inside_a_dispatch_goes_at_once_when_nothing_batches(rig, alone, batch_sends):
     poller, connection, theirs, handler, bell, clapper = rig
-    connection.batching = False
-    seen = []
-    dispatch_once(poller, bell, clapper,
-                  lambda: (connection.send(b"now"), seen.append(readable_now(theirs))))
-    assert seen == [b"now"]
-
-
-def test_a_lone_ready_socket_is_answered_at_once(rig):
-    poller, connection, theirs, handler, bell, clapper = rig
+    connection.batch_sends = batch_sends
     seen = []
     dispatch_once(poller, bell, clapper,
                   lambda: (connection.send(b"now"), seen.append(readable_now(theirs))),
-                  alone=True)
+                  alone=alone)
     assert seen == [b"now"]
 
 
 def test_an_accept_loop_is_one_batch():
     poller = Poller()
     listener = net.Acceptor(("127.0.0.1", 0), poller, lambda sock, peer: answered.append(
-        (sock, poller.batching)))
+        (sock, poller.batch_depth > 0)))
     answered = []
     clients = [socket.create_connection(listener.address[:2], timeout=5) for _ in range(3)]
     try:
@@ -165,7 +159,7 @@ def test_an_accept_loop_is_one_batch():
         while len(answered) < 3 and time.monotonic() < deadline:
             poller.poll(0.05)
         assert [batching for _, batching in answered] == [True, True, True]
-        assert not poller.batching
+        assert poller.batch_depth == 0
     finally:
         listener.close()
         for sock, _ in answered:
