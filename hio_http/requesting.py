@@ -564,11 +564,15 @@ class Requestant:
         if self._request is not None and not self._request.complete:
             self._request.body.close()
         self._request = self.current = self._decoder = None
-        if refuse is None:
-            def refuse(data: bytes) -> None:
-                raise error.with_traceback(None)
-        self._bypass = refuse
+        self._bypass = refuse if refuse is not None else _raiser(error)
         return error
+
+
+def _raiser(error: BaseException) -> Callable[[bytes], None]:
+    """A bypass that refuses every later feed() with `error`."""
+    def refuse(data: bytes) -> None:
+        raise error.with_traceback(None)
+    return refuse
 
 
 def _field_name(name: bytes) -> str:
