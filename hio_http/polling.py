@@ -12,6 +12,8 @@ import selectors
 import socket
 from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .timing import Tymth
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ def _ignore(mask: int) -> None:
     """The callback of a file registered only to wake the loop."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Poller:
     """Registers files for READ/WRITE readiness and dispatches callbacks when they are ready."""
 

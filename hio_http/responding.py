@@ -78,7 +78,7 @@ class Responder(BaseResponder):
         self.pending_head = True
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """The legacy write() callable: sends at once (the buffer may pass its high-water mark)."""
         if not self.status:
             raise AssertionError("write() called before start_response()")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from .net import FileSpan
 from .pool import AppPool
@@ -256,7 +256,7 @@ class ThreadedResponder(Responder):
             self._close_app()  # PEP 3333: once the iteration is over, on the app's side
         self.wake()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """The legacy write(): waits (on the pool thread) while the client is behind."""
         super().write(data)
         self.relay.wait_for_room(self.high_water, self.wake)

@@ -17,6 +17,7 @@ import zlib
 import pytest
 
 from hio_http.clienting import Client, ConnectionLost, ProtocolError
+from hio_http.polling import Poller
 from hio_http.testing import serve_in_thread
 
 from conftest import ConnectionEvents, stdlib_server, waitress_server
@@ -281,19 +282,19 @@ def test_an_upload_past_its_turn_budget_goes_on_without_waiting_for_a_timeout():
         return [str(size).encode()]
 
     with serve_in_thread(length_app) as server:
-        client = Client(server.url, high_water=64 * 1024)
-        client.open()
         waits = []
-        poll = client.poller.poll
 
-        def timed_poll(timeout=0.0):
-            started = time.monotonic()
-            ready = poll(timeout)
-            if not ready and timeout:
-                waits.append(time.monotonic() - started)  # nothing woke it: it slept out
-            return ready
+        class TimedPoller(Poller):
+            def poll(self, timeout=0.0):
+                started = time.monotonic()
+                ready = super().poll(timeout)
+                if not ready and timeout:
+                    waits.append(time.monotonic() - started)  # nothing woke it: it slept out
+                return ready
 
-        client.poller.poll = timed_poll
+        client = Client(server.url, high_water=64 * 1024)
+        client.poller, client.owns_poller = TimedPoller(), True  # its own loop, timed
+        client.open()
         response = client.post("/up", body=(piece for _ in range(256)), expect_continue=False,
                                timeout=60)
         wait(client, response, timeout=60)
