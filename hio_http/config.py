@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from .build import build_kind
 from .version import __version__
 from .settings import fields
 
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("app", nargs="?", default=None,
                         help="the WSGI app as module:attribute (attribute defaults to app)")
     parser.add_argument("--config", metavar="FILE", help="TOML file of options")
-    parser.add_argument("--version", action="version", version=f"hio_http {__version__}")
+    parser.add_argument("--version", action="version", version=f"hio_http {__version__} ({build_kind()})")
     for name, kind, default, help_text in option_table():
         flag = "--" + name.replace("_", "-")
         if kind is bool:

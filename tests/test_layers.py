@@ -26,7 +26,7 @@ LAYERS = {
     10: ["compat", "compat.http", "compat.http.adapting", "compat.http.serving",
          "compat.http.clienting"],
     11: ["testing", "pytest_plugin"],
-    12: ["demo", "config", "workers", "cli", "tuning", "metrics", "reloading", "__main__", ""],  # "": the package's re-exports
+    12: ["build", "demo", "config", "workers", "cli", "tuning", "metrics", "reloading", "__main__", ""],  # "": the package's re-exports
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 
