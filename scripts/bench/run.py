@@ -31,6 +31,16 @@ import report  # noqa: E402
 import servers  # noqa: E402
 
 MIB = 1024 * 1024
+# A server's version (argv[1]: its venv's name); for hio_http also its build, compiled or pure.
+VERSION_PROBE = """
+import importlib.metadata, importlib.util, sys
+name = "hio_http" if sys.argv[1].startswith("hio_http") else sys.argv[1]
+version = importlib.metadata.version(name)
+if name == "hio_http":
+    origin = importlib.util.find_spec("hio_http.stewarding").origin
+    version += " (pure)" if origin.endswith(".py") else " (compiled)"
+print(version)
+"""
 UPLOAD_BYTES = 1 * MIB
 DOWNLOAD_BYTES = 10 * MIB
 
@@ -157,9 +167,8 @@ class Bench:
                                                       self.args.hio_http_python,
                                                       baseline=self.args.baseline)
                 version = subprocess.run(
-                    [str(bins[spec.name] / "python"), "-c",
-                     "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
-                     spec.venv], capture_output=True, text=True, timeout=60).stdout.strip()
+                    [str(bins[spec.name] / "python"), "-c", VERSION_PROBE, spec.venv],
+                    capture_output=True, text=True, timeout=60, cwd=HERE).stdout.strip()
                 self.server_info[spec.name] = {"status": "installed", "version": version,
                                                "note": spec.note}
             except (servers.InstallError, OSError, subprocess.SubprocessError) as ex:

@@ -106,21 +106,25 @@ IDLE_ONLY = ("idle_10k", "idle_1k")
 THREADED_CASES = ("block_c10", "block_probe", "hello_c10", "json_c10", "close_c10", "sse_1k",
                   "idle_cpu")
 BASELINE = "hio_http baseline"  # hio_http as at --baseline REV, installed from git
-COMPILED = "hio_http compiled"  # hio_http as now, built with mypyc
+PURE = "hio_http pure"  # hio_http as now, not compiled (HIO_HTTP_COMPILE=0)
 BASELINE_CASES = ("hello_c1", "hello_c10", "json_c10", "close_c10", "upload", "download")
+# What `pip install .` builds with: mypy brings mypyc, which compiles the per-request modules.
+BUILD_PACKAGES = ("httptools", "mypy_extensions", "mypy")
 
 SERVERS = [
-    ServerSpec("hio_http", "hio_http", ("httptools", "mypy_extensions", "py-spy"), _hio_http,
-               "its CLI, default tock 0.03125, default settings (max_connections 1000)"),
-    ServerSpec(COMPILED, "hio_http-compiled", ("httptools", "mypy_extensions", "mypy"),
-               _hio_http, "its CLI, built with HIO_HTTP_COMPILE=1 (the per-request modules "
-               "compiled by mypyc), default settings", cases=BASELINE_CASES),
+    ServerSpec("hio_http", "hio_http", (*BUILD_PACKAGES, "py-spy"), _hio_http,
+               "its CLI, built as `pip install .` builds it (the per-request modules compiled "
+               "by mypyc), default tock 0.03125, default settings (max_connections 1000)"),
+    ServerSpec(PURE, "hio_http-pure", ("httptools", "mypy_extensions"), _hio_http,
+               "its CLI, built with HIO_HTTP_COMPILE=0 (pure Python), default settings",
+               cases=BASELINE_CASES),
     ServerSpec("hio_http threads=4", "hio_http", ("httptools", "mypy_extensions", "py-spy"),
                _hio_http_threads(4),
                "its CLI with --threads 4 (app calls on a pool of 4 threads)",
                cases=THREADED_CASES),
-    ServerSpec(BASELINE, "hio_http-baseline", ("httptools", "mypy_extensions"), _hio_http,
-               "its CLI as at the --baseline revision (default HEAD), default settings",
+    ServerSpec(BASELINE, "hio_http-baseline", BUILD_PACKAGES, _hio_http,
+               "its CLI as at the --baseline revision (default HEAD), built as `pip install .` "
+               "built it then, default settings",
                cases=BASELINE_CASES),
     ServerSpec("hio_http wide", "hio_http", ("httptools", "mypy_extensions", "py-spy"),
                _hio_http_wide,
@@ -188,8 +192,8 @@ def ensure_venv(spec: ServerSpec, venvs: Path, logs: Path, progress, offline_pyt
             _ensure_libev(log, progress)
         _pip(bin_dir, ["install", "falcon", *spec.packages], log)
         marker.write_text(wanted)
-    if spec.venv in ("hio_http", "hio_http-compiled") and root not in _PROJECT_INSTALLED:
-        _install_project(bin_dir, log, compiled=spec.venv == "hio_http-compiled")
+    if spec.venv in ("hio_http", "hio_http-pure") and root not in _PROJECT_INSTALLED:
+        _install_project(bin_dir, log, pure=spec.venv == "hio_http-pure")
         _PROJECT_INSTALLED.add(root)
     if spec.venv == "hio_http-baseline" and root not in _PROJECT_INSTALLED:
         _install_revision(bin_dir, log, baseline)
@@ -231,18 +235,21 @@ def _reason(log: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def _install_project(bin_dir: Path, log: Path, compiled: bool = False) -> None:
-    """Install hio_http from a snapshot of the working tree (no build isolation: offline);
-    `compiled`: built with HIO_HTTP_COMPILE=1 (mypyc, which the venv's mypy brings)."""
+def _install_project(bin_dir: Path, log: Path, pure: bool = False) -> None:
+    """Install hio_http from a snapshot of the working tree (no build isolation: offline), as
+    `pip install .` builds it (compiled where the venv's mypy and a C compiler allow), or with
+    `pure` not compiled (HIO_HTTP_COMPILE=0)."""
     with tempfile.TemporaryDirectory(prefix="hio_http-src-") as folder:
         for name in PROJECT_FILES:
             source = REPO / name
             if source.is_dir():
-                shutil.copytree(source, Path(folder) / name,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(source, Path(folder) / name,  # no build of the tree's own
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
             elif source.exists():
                 shutil.copy2(source, Path(folder) / name)
-        env = dict(os.environ, HIO_HTTP_COMPILE="1") if compiled else None
+        env = {key: value for key, value in os.environ.items() if key != "HIO_HTTP_COMPILE"}
+        if pure:
+            env["HIO_HTTP_COMPILE"] = "0"
         _pip(bin_dir, ["install", "--no-deps", "--no-build-isolation", "--force-reinstall",
                        "--quiet", folder], log, env)
 
