@@ -201,7 +201,10 @@ class Responder(BaseResponder):
         if self.closed:
             return
         self.closed = True
-        close = getattr(self.result, "close", None)
+        result = self.result
+        # A list (the usual result) has no close(); asking would raise and discard an
+        # AttributeError, which the compiled build pays for in full.
+        close = getattr(result, "close", None) if type(result) is not list else None
         if close is not None:
             try:
                 close()
