@@ -47,6 +47,28 @@ def test_wrk_output_is_parsed():
     assert parsed["bytes_per_s"] == pytest.approx(7.31 * 1024 * 1024)
 
 
+def test_rounds_merge_into_one_row_per_case():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(server, rps, errors, status="ok"):
+        return {"server": server, "case": "hello_c10", "title": "hello", "kind": "wrk",
+                "status": status, "rps": rps, "errors": errors, "rps_runs": [rps],
+                "socket_errors": {"read": errors}, "p50": rps / 1e6}
+
+    merged = run.merge_rounds([row("a", 10, 1), row("b", 5, 0), row("a", 30, 2),
+                               row("b", 7, 0, "error: died"), row("a", 20, 0)])
+    first, second = merged
+    assert (first["server"], first["rps"], first["p50"]) == ("a", 20, 20 / 1e6)
+    assert first["errors"] == 3 and first["socket_errors"] == {"read": 3}
+    assert first["rps_runs"] == [10, 30, 20] and first["rounds"] == 3
+    assert first["status"] == "ok"
+    assert (second["server"], second["rps"], second["status"]) == ("b", 6, "error: died")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("taskset") is None,
                     reason="needs wrk and taskset")
@@ -55,7 +77,7 @@ def test_harness_measures_hio_http(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--only", "hio_http", "--cases", "hello_c10,download",
-         "--duration", "1", "--warmup", "0", "--reps", "1", "--no-plot",
+         "--duration", "1", "--warmup", "0", "--reps", "1", "--rounds", "2", "--no-plot",
          "--hio-http-python", sys.executable, "--out", str(out),
          "--venvs", str(tmp_path / "venvs")],
         capture_output=True, text=True, timeout=60)
@@ -68,6 +90,7 @@ def test_harness_measures_hio_http(tmp_path):
     data = json.loads((out / "results.json").read_text())
     (measured,) = [r for r in data["results"] if r["case"] == "hello_c10"]
     assert measured["status"] == "ok" and measured["rps"] > 0 and measured["errors"] == 0
+    assert measured["rounds"] == 2 and len(measured["rps_runs"]) == 2
     (download,) = [r for r in data["results"] if r["case"] == "download"]
     assert download["status"] == "ok" and download["errors"] == 0, download
     assert download["requests"] > 0 and download["mib_s"] > 100  # 10 MiB each, in a second

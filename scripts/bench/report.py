@@ -16,7 +16,8 @@ def markdown(data: dict) -> str:
     lines = [
         "# hio_http benchmark results", "",
         f"{meta['date']}, {meta['mode']} run: warm-up {meta['warmup_s']} s, "
-        f"{meta['repetitions']} × {meta['duration_s']} s per case (medians), idle CPU over "
+        f"{meta['repetitions']} × {meta['duration_s']} s per case (medians"
+        f"{_rounds(meta.get('rounds', 1))}), idle CPU over "
         f"{meta['idle_window_s']} s. Servers pinned to core {meta['server_core']}, wrk and "
         f"helper clients to core {meta['client_core']}; {meta['cpu']}, Linux {meta['kernel']}, "
         f"Python {meta['python']}, {meta['wrk']}. Total {meta.get('elapsed_s')} s. Load average "
@@ -218,3 +219,8 @@ def _one(value) -> str:
 
 def _escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _rounds(rounds: int) -> str:
+    return (f"; in {rounds} rounds, the servers taking turns, so that a slow spell of the "
+            "machine hits all alike" if rounds > 1 else "")

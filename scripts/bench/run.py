@@ -110,6 +110,7 @@ class Bench:
         self.warmup = args.warmup if args.warmup is not None else warmup
         self.duration = args.duration if args.duration is not None else duration
         self.reps = args.reps if args.reps is not None else reps
+        self.rounds = args.rounds
         self.window = args.window if args.window is not None else window
         self.budget = args.budget or (420.0 if args.quick else 1800.0)
         self.started = None
@@ -482,7 +483,8 @@ class Bench:
     def write(self) -> None:
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "mode": "quick" if self.args.quick else "full",
-                "warmup_s": self.warmup, "duration_s": self.duration, "repetitions": self.reps,
+                "warmup_s": self.warmup, "duration_s": self.duration,
+                "repetitions": self.reps * self.rounds, "rounds": self.rounds,
                 "idle_window_s": self.window, "cpu": _cpu_model(), "kernel": platform.release(),
                 "python": platform.python_version(), "wrk": _wrk_version(),
                 "server_core": harness.SERVER_CORE, "client_core": harness.CLIENT_CORE,
@@ -570,6 +572,36 @@ class Bench:
 
 
 DISTURBED = 10.0  # % of a core taken by something else during a run: measure it again
+
+
+# Figures of a case that add up over rounds; the others take the median of the rounds.
+SUMMED = ("errors", "requests", "non_2xx", "retries", "responses", "broadcast_lost")
+
+
+def merge_rounds(rows: list) -> list:
+    """One row per (server, case): a case measured in several rounds keeps the median of each
+    figure (sums for counts, lists joined), and the first status that was not "ok"."""
+    merged: dict = {}
+    for row in rows:
+        merged.setdefault((row["server"], row["case"]), []).append(row)
+    return [_merge(group) if len(group) > 1 else group[0] for group in merged.values()]
+
+
+def _merge(group: list) -> dict:
+    row = dict(group[0], rounds=len(group))
+    row["status"] = next((r["status"] for r in group if r["status"] != "ok"), "ok")
+    for key in {key for r in group for key in r} - {"server", "case", "title", "kind", "status"}:
+        values = [r[key] for r in group if r.get(key) is not None]
+        if not values:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            row[key] = sum(values) if key in SUMMED else statistics.median(values)
+        elif all(isinstance(v, list) for v in values):
+            row[key] = [item for v in values for item in v]
+        elif all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())
+                 for v in values):
+            row[key] = _sum_dicts(values)
+    return row
 
 
 def _disturbance(run: dict) -> float:
@@ -669,6 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=int, help="seconds per measured wrk run")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per case (0: none)")
     parser.add_argument("--reps", type=int, help="measured repetitions per case")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every server's cases this many times over, servers taking "
+                             "turns (who goes first rotates); each figure is the median of all "
+                             "rounds, so a slow spell of the machine hits every server alike")
     parser.add_argument("--window", type=float, help="seconds over which idle CPU is measured")
     parser.add_argument("--budget", type=float,
                         help="seconds after which the remaining cases are skipped "
@@ -704,8 +740,13 @@ def main(argv=None) -> int:
         bench.started = time.monotonic()
         progress(f"benchmark: {len(specs)} servers, warm-up {bench.warmup} s, "
                  f"{bench.reps} x {bench.duration} s per case, budget {bench.budget:.0f} s")
-        for spec in specs:
-            bench.run_server(spec, bins[spec.name])
+        for turn in range(bench.rounds):
+            if bench.rounds > 1:
+                progress(f"round {turn + 1} of {bench.rounds}")
+            first = turn % len(specs) if specs else 0
+            for spec in specs[first:] + specs[:first]:
+                bench.run_server(spec, bins[spec.name])
+        bench.results = merge_rounds(bench.results)
         bench.write()
     except KeyboardInterrupt:
         progress("interrupted: stopping servers, writing what was measured")
