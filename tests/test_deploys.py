@@ -325,6 +325,12 @@ def test_sighup_closes_websockets_with_1001_and_ends_event_streams(tmp_path, thr
             for _ in lines:  # ends, properly framed (a broken chunked body would raise)
                 assert time.monotonic() - started < 10
         wait_for(lambda: "reloaded: generation 1 serves" in output.text)
+        # The old workers drain once told to retire, and one may still take a connection from
+        # the shared socket meanwhile: a handshake reaching it gets 503 (README, WebSockets).
+        # The new generation is what is tested here.
+        old = re.findall(r"started worker (\d+) \(generation 0\)", output.text)
+        assert len(old) == 2
+        wait_for(lambda: all(f"stopped (pid {pid})" in output.text for pid in old))
         with connect(ws_url) as ws:
             ws.send("again")
             assert ws.recv(timeout=5) == "echo: again"
