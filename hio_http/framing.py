@@ -153,7 +153,6 @@ class BaseResponder:
     iterator: Optional[Iterator[object]] = None  # the body's items, as they are pulled
 
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings):
-        # (responding.Responder sets the same without calling this: keep the two alike)
         self.connection = connection  # a net.Connection, or an app thread's Relay
         self.request = request
         self.server_header = settings.server_header

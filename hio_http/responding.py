@@ -38,17 +38,7 @@ class Responder(BaseResponder):
 
     def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
                  app: WSGIApp, environ: Environ):
-        # BaseResponder.__init__'s assignments, made here rather than by calling it: one is
-        # made for every request, and the call cost more than they do. Keep the two alike.
-        self.connection = connection
-        self.request = request
-        self.server_header = settings.server_header
-        self.high_water = settings.high_water
-        self.headers: list[Header] = []
-        self.keep_alive = request.keep_alive
-        self.bodiless = request.method == "HEAD"
-        if settings.compression is not None:
-            self.compression = settings.compression
+        super().__init__(connection, request, settings)
         self.app = app
         self.environ = environ
 
