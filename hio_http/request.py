@@ -6,7 +6,7 @@ request with the status to answer. Plain data: nothing here parses or touches a 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .grammar import first_field
@@ -43,26 +43,42 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be a non-negative int")
 
 
-@dataclass(eq=False, slots=True)
 class Request:
     """One parsed request. Strings are latin-1 decoded; target, path and query stay
     percent-encoded exactly as sent. `body` is positioned at 0 once `complete`."""
 
-    method: str = "GET"
-    target: str = "/"
-    path: str = "/"
-    query: str = ""
-    version: str = "1.1"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    body: BinaryIO = field(default_factory=io.BytesIO)
-    body_size: int = 0
-    content_length: int | None = None
-    chunked: bool = False
-    keep_alive: bool = True
-    expect_continue: bool = False
-    upgrade: str | None = None
-    complete: bool = False
+    # A plain class rather than a dataclass: a dataclass's generated __init__ is interpreted
+    # code even in the compiled build, fifteen generic attribute writes on every request.
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "trailers", "body",
+                 "body_size", "content_length", "chunked", "keep_alive", "expect_continue",
+                 "upgrade", "complete")
+
+    def __init__(self, method: str = "GET", target: str = "/", path: str = "/", query: str = "",
+                 version: str = "1.1", headers: list[tuple[str, str]] | None = None,
+                 trailers: list[tuple[str, str]] | None = None, body: BinaryIO | None = None,
+                 body_size: int = 0, content_length: int | None = None, chunked: bool = False,
+                 keep_alive: bool = True, expect_continue: bool = False,
+                 upgrade: str | None = None, complete: bool = False):
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers: list[tuple[str, str]] = [] if headers is None else headers
+        self.trailers: list[tuple[str, str]] = [] if trailers is None else trailers
+        self.body: BinaryIO = io.BytesIO() if body is None else body
+        self.body_size = body_size
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.complete = complete
+
+    def __repr__(self) -> str:
+        return (f"Request(method={self.method!r}, target={self.target!r}, "
+                f"version={self.version!r}, headers={self.headers!r}, "
+                f"body_size={self.body_size!r}, complete={self.complete!r})")
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of header `name` (case-insensitive), else `default`."""
