@@ -42,16 +42,16 @@ class StallWatch:
         self._event = threading.Event()
         self._sleeping = False
         self._stopped = False
-        self._thread: Optional[threading.Thread] = None
+        self._watcher: Optional[threading.Thread] = None
 
     def bind(self) -> None:
         """Watch the calling thread's loop (starts the watcher on first use)."""
         self.loop_thread = threading.get_ident()
-        if self._thread is None:
+        if self._watcher is None:
             self._stopped = False
-            self._thread = threading.Thread(target=self._watch, name="hio_http-stall-watch",
+            self._watcher = threading.Thread(target=self._watch, name="hio_http-stall-watch",
                                             daemon=True)
-            self._thread.start()
+            self._watcher.start()
 
     def enter(self, activity: Any) -> Any:
         """The loop begins `activity`; returns the one it interrupts, for `leave`."""
@@ -70,7 +70,7 @@ class StallWatch:
     def stop(self) -> None:
         self._stopped = True
         self._event.set()
-        self._thread = None
+        self._watcher = None
 
     def _watch(self) -> None:
         seen, since, warned = -1, 0.0, -1
