@@ -25,68 +25,75 @@ import logging
 import re
 import time
 from email.utils import formatdate
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Final, Iterator, Optional, Protocol
 
 from mypy_extensions import mypyc_attr
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
 from .grammar import BYTES_LIKE, check_field, list_members
+from .request import Request
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
-           "Outlet", "RequestHead", "ResponseSettings", "BaseResponder", "http_date",
+           "Outlet", "ResponseSettings", "BaseResponder", "http_date",
            "reason_of", "check_status", "clean_statuses", "clean_heads", "check_headers",
            "drop_hop_by_hop", "body_bytes"]
 
-logger = logging.getLogger("hio_http.server")
+logger: Final = logging.getLogger("hio_http.server")
+wall_time: Final = time.time  # a constant: compiled code calls it without a look-up
 
 Header = tuple[str, str]  # a response field: (name, value), both text
 
-DONE, WAITING, BLOCKED = "done", "waiting", "blocked"
+# Final: the compiled build reads these as constants, not by name from the module.
+DONE: Final = "done"
+WAITING: Final = "waiting"
+BLOCKED: Final = "blocked"
 
-DEFAULT_SERVER = b"Server: hio_http\r\n"
+DEFAULT_SERVER: Final = b"Server: hio_http\r\n"
 
 # RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's. An
 # app's `Connection: close` is honoured (the server writes it, once); the rest are dropped.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade"})
 _warned_hop_by_hop: set[str] = set()  # names already warned of: one WARNING per name per process
-STATUS = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
+STATUS: Final = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
 
-REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+REASONS: Final = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
            505: "HTTP Version Not Supported"}
 
 # The response fields send_head looks for; any other is 0.
-_LENGTH, _DATE, _SERVER = 1, 2, 3
-_FIELD_KINDS = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
+_LENGTH: Final = 1
+_DATE: Final = 2
+_SERVER: Final = 3
+_FIELD_KINDS: Final = {"content-length": _LENGTH, "date": _DATE, "server": _SERVER}
 
 # Response fields found valid and not hop-by-hop, (name, value) -> (the line on the wire, its
 # kind above): an app sends the same few fields again and again, so each is checked and
 # encoded once. Bounded, and only short values (no session cookies piling up).
-_clean_headers: dict[Header, tuple[bytes, int]] = {}
-MAX_CLEAN_HEADERS = 4096
-MAX_CLEAN_VALUE = 256
-clean_statuses: set[str] = set()  # status lines found valid (a caller may skip check_status)
-_status_lines: dict[str, tuple[int, bytes]] = {}  # status -> (its code, its line on the wire)
+_clean_headers: Final[dict[Header, tuple[bytes, int]]] = {}
+MAX_CLEAN_HEADERS: Final = 4096
+MAX_CLEAN_VALUE: Final = 256
+clean_statuses: Final[set[str]] = set()  # status lines found valid (a caller may skip check_status)
+_status_lines: Final[dict[str, tuple[int, bytes]]] = {}  # status -> (its code, its line on the wire)
 
 # The start of a head (status line and fields) as send_head uses it, by its status and fields
 # (a tuple: the status, then each field): (code, the bytes, the Content-Length given or None,
 # whether a Date field and a Server field were given). Only clean fields, so bounded likewise;
 # a status and fields found here need no checks (start_response skips them).
 HeadStart = tuple[int, bytes, Optional[int], bool, bool]
-clean_heads: dict[tuple[object, ...], HeadStart] = {}
+clean_heads: Final[dict[tuple[object, ...], HeadStart]] = {}
 
-_date_line = (0, b"")  # (the second it was made for, the Date line)
+# (the second it was made for, the Date line), replaced whole: a thread reads a matching pair
+_date_line: Final[list[tuple[int, bytes]]] = [(0, b"")]
 
 
 def http_date() -> bytes:
     """The Date header line, reformatted at most once a second."""
-    global _date_line
-    now = int(time.time())
-    if now != _date_line[0]:
-        _date_line = (now, b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n")
-    return _date_line[1]
+    now = int(wall_time())
+    if now != _date_line[0][0]:
+        _date_line[0] = (now, b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n")
+    return _date_line[0][1]
 
 
 class Outlet(Protocol):
@@ -102,19 +109,6 @@ class Outlet(Protocol):
     def send(self, data: bytes) -> None: ...
 
     def sendfile(self, fd: int, offset: int, count: int) -> None: ...
-
-
-class RequestHead(Protocol):
-    """What a responder needs of the request it answers: a request.Request, or what stands in
-    for one whose head never parsed."""
-
-    method: str
-    target: str
-    version: str
-    keep_alive: bool  # whether the client lets the connection carry another request
-
-    def header(self, name: str) -> Optional[str]:
-        """The first value of field `name` (case-insensitive), or None."""
 
 
 class ResponseSettings:
@@ -152,7 +146,7 @@ class BaseResponder:
     raw_sent = 0  # body bytes taken from the app, before gzip
     iterator: Optional[Iterator[object]] = None  # the body's items, as they are pulled
 
-    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings):
+    def __init__(self, connection: Outlet, request: Request, settings: ResponseSettings):
         self.connection = connection  # a net.Connection, or an app thread's Relay
         self.request = request
         self.server_header = settings.server_header
@@ -224,8 +218,8 @@ class BaseResponder:
             self.length = length
         lines = [start]
         if not has_date:  # the Date line of this second, made by the first head in it
-            date = _date_line
-            lines.append(date[1] if date[0] == int(time.time()) else http_date())
+            date = _date_line[0]
+            lines.append(date[1] if date[0] == int(wall_time()) else http_date())
         if not has_server:
             lines.append(self.server_header)
         if self.length is None and (not self.bodiless or last and self.request.method == "HEAD"

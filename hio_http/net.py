@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Final, Optional, Protocol, Sequence, Union
 
 from mypy_extensions import mypyc_attr
 
@@ -21,18 +21,18 @@ from .polling import READ, WRITE, Poller
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-logger = logging.getLogger("hio_http.net")
+logger: Final = logging.getLogger("hio_http.net")
 
 Address = Union[tuple, str, "os.PathLike[str]"]  # (host, port) or a unix socket path
 
 # Linux's flag for "more follows": a partly filled segment waits for it (see Connection.cork).
-MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+MSG_MORE: Final[int] = getattr(socket, "MSG_MORE", 0)
 
-RECEIVE_SIZE = 256 * 1024  # bytes asked of recv at once: large uploads need few calls
-ACCEPTS_PER_WAKE = 64  # bound the accept loop so one busy listener cannot starve the others
+RECEIVE_SIZE: Final = 256 * 1024  # bytes asked of recv at once: large uploads need few calls
+ACCEPTS_PER_WAKE: Final = 64  # bound the accept loop so one busy listener cannot starve the others
 
 # Errors that mean the peer is gone: the connection closes quietly, nobody else is affected.
-GONE = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
+GONE: Final = (ConnectionError, TimeoutError, ssl.SSLError, OSError)
 
 
 def is_unix(address: Address) -> TypeIs[Union[str, os.PathLike[str]]]:
@@ -242,7 +242,7 @@ class _Gone:
     def closed(self) -> None: ...
 
 
-_GONE = _Gone()
+_GONE: Final = _Gone()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import io
 import tempfile
-from typing import BinaryIO, Callable, cast
+from typing import BinaryIO, Callable, Final, cast
 
 import httptools
 
@@ -40,7 +40,11 @@ __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 # Bytes that llhttp must not see go to `_bypass`: a chunked body's, and all of them once
 # the HTTP/1 stream ends (an error, an upgrade, a "Connection: close" request).
 
-_IDLE, _HEAD, _BODY, _CHUNKED = range(4)
+# Final, as the other tables below: the compiled build reads them as constants, not by name.
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_CHUNKED: Final = 3
 
 # llhttp rejects these itself; its reason string tells us which status to answer with.
 # Anything else llhttp rejects is a 400 that quotes llhttp's (fixed, client-free) reason.
@@ -59,35 +63,35 @@ _LLHTTP_REASONS: dict[str, tuple[int, str]] = {
     "Empty Content-Length": (400, "invalid Content-Length"),
     "Content-Length overflow": (413, "request body too large"),
 }
-_AFTER_CLOSE = "Data after `Connection: close`"
+_AFTER_CLOSE: Final = "Data after `Connection: close`"
 
 # RFC 9110 §5.6.2 tchar: the bytes a method token may contain.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+_TCHAR: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 # Header fields whose values decide framing or connection handling; inspected once per head.
-_NOTED = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade",
+_NOTED: Final = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade",
                     "content-type"))
 
 # Decoded methods and lower-cased field names of the common requests, looked up, not recomputed.
-_METHODS = {method.encode(): method for method in
+_METHODS: Final = {method.encode(): method for method in
             ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
-_LOWER_NAMES = {name: name.lower() for name in
+_LOWER_NAMES: Final = {name: name.lower() for name in
                 ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
                  "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
 
 # The end of a request line (before its CRLF) naming a version we speak, and that version.
-_VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
+_VERSIONS: Final = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
 
 # Field names as sent -> as text: clients send the same few names again and again, and a name
 # met before comes back as the same str, whose hash the look-ups by name then need not compute.
 # Bounded in count and in length, so that odd names cannot pile up.
-_field_names: dict[bytes, str] = {}
-MAX_FIELD_NAMES = 4096
-MAX_FIELD_NAME = 64
+_field_names: Final[dict[bytes, str]] = {}
+MAX_FIELD_NAMES: Final = 4096
+MAX_FIELD_NAME: Final = 64
 
 # Bytes of a request line besides method and target: SP, SP, "HTTP/1.1", CRLF.
-_LINE_OVERHEAD = 12
+_LINE_OVERHEAD: Final = 12
 
 
 class _StopParser(Exception):

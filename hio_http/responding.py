@@ -12,21 +12,22 @@ import json
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Final, Iterable, Iterator, Optional, Union
 
 from mypy_extensions import mypyc_attr
 
-from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet, RequestHead,
+from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet,
                       ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
                       clean_heads, drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
+from .request import Request
 from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
 __all__ = ["Responder", "CustomResponder", "BareResponder"]
 
-logger = logging.getLogger("hio_http.server")
+logger: Final = logging.getLogger("hio_http.server")
 
-_TAKEN: Iterator[object] = iter(())  # the one item is taken (exhausted, it stays exhausted)
+_TAKEN: Final[Iterator[object]] = iter(())  # the one item is taken (exhausted, it stays exhausted)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -36,7 +37,7 @@ class Responder(BaseResponder):
     result: Optional[Iterable[object]] = None  # what the app returned
     pending_head = False  # start_response was called; head not yet sent
 
-    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
+    def __init__(self, connection: Outlet, request: Request, settings: ResponseSettings,
                  app: WSGIApp, environ: Environ):
         super().__init__(connection, request, settings)
         self.app = app
@@ -243,7 +244,7 @@ class CustomResponder:
 class BareResponder(BaseResponder):
     """Writes a `CustomResponder`'s answer to one request on its connection."""
 
-    def __init__(self, connection: Outlet, request: RequestHead, settings: ResponseSettings,
+    def __init__(self, connection: Outlet, request: Request, settings: ResponseSettings,
                  answer: CustomResponder):
         super().__init__(connection, request, settings)
         self.status = answer.status

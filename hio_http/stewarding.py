@@ -32,7 +32,7 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, Optional, TypeGuard
 
 from mypy_extensions import mypyc_attr
 
@@ -51,19 +51,20 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 
-logger = logging.getLogger("hio_http.server")
+logger: Final = logging.getLogger("hio_http.server")
+wall_time: Final = time.time  # a constant: compiled code calls it without a look-up
 
 __all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "BareHandler", "WSGIApp",
            "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream",
            "StewardHost", "WSGIHost", "Switched"]  # the Protocols: hosting's, named here too
 
-NOT_FOUND = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
-SERVER_ERROR = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
-NO_WEBSOCKETS = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
+NOT_FOUND: Final = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
+SERVER_ERROR: Final = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
+NO_WEBSOCKETS: Final = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
                                 b"no WebSocket endpoint at this path\n")
 
-PARSE_SLICE = 4096  # bytes parsed at a time while requests may be small and pipelined
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+PARSE_SLICE: Final = 4096  # bytes parsed at a time while requests may be small and pipelined
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
 
 class State(enum.Enum):
@@ -84,11 +85,11 @@ class State(enum.Enum):
 
 # The setting that bounds each state (its deadline counts from entering it); None: no deadline
 # of its own (a parked body may ask for one; a closing answer gets a short grace).
-DEADLINES: dict[State, Optional[str]] = {
+DEADLINES: Final[dict[State, Optional[str]]] = {
     State.HANDSHAKE: "handshake_timeout", State.IDLE: "idle_timeout",
     State.HEAD: "header_timeout", State.BODY: "body_timeout",
     State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
-_DEFAULT: Any = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
+_DEFAULT: Final[Any] = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -386,7 +387,7 @@ class Steward:
             responder, started = self.ahead.popleft()
             self.responder = responder
             if self.server.timed:
-                self.started = time.time()
+                self.started = wall_time()
             self.unstarted = not started  # advance() starts it
             return True
         if self.unparsed and not requestant.requests and self.error is None:
@@ -410,7 +411,7 @@ class Steward:
             self.deferred = None
             self.responder = responder
             if self.server.timed:
-                self.started = time.time()
+                self.started = wall_time()
             self.unstarted = True  # advance() starts it
             return True
         if self.error is not None:
@@ -490,7 +491,7 @@ class Steward:
             server.access.log(self.connection.peer, responder, self.started)
         metrics = server.metrics
         if metrics is not None:  # += rather than extend(): no method to look up and call
-            metrics.noted += (time.time() - self.started, responder.request.method,
+            metrics.noted += (wall_time() - self.started, responder.request.method,
                               responder.status, responder.sent)
         if responder.broken:
             self.connection.close()  # a truncated response must not look complete
@@ -517,7 +518,8 @@ class Steward:
         self.error = None
         self.refused = True
         self.requestant.close()
-        request = self.requestant.current or _Unparsed()
+        # a request whose head never parsed: answered as a GET of "*" that ends the connection
+        request = self.requestant.current or Request(target="*", keep_alive=False)
         responder = BaseResponder(self.connection, request, self.server.response_settings)
         responder.send_error(status, message)
         self.connection.close_when_drained()
@@ -588,18 +590,6 @@ def is_event_stream(responder: Optional[BaseResponder]) -> TypeGuard[BaseRespond
         if name.lower() == "content-type":
             return bool(value.lower().startswith("text/event-stream"))
     return False
-
-
-class _Unparsed:
-    """Stands in for a request whose head never parsed, when answering an error."""
-
-    method = "GET"
-    version = "1.1"
-    keep_alive = False
-    target = "*"
-
-    def header(self, name: str) -> Optional[str]:
-        return None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -11,7 +11,8 @@ import logging
 import os
 import stat
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol, Union
+from typing import (TYPE_CHECKING, Any, Callable, Final, Iterable, Iterator, Optional, Protocol,
+                    Union)
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["Environ", "ExcInfo", "StartResponse", "WSGIApp", "Readable", "ErrorStream",
            "FileWrapper", "regular_file_span", "environ_key", "build_environ"]
 
-wsgi_logger = logging.getLogger("hio_http.wsgi")
+wsgi_logger: Final = logging.getLogger("hio_http.wsgi")
 
 # PEP 3333's environ: str keys, values of many kinds (str, a file, bools, a tuple, callables),
 # which the app reads as it knows them; hence Any.
@@ -124,9 +125,9 @@ def environ_key(name: str) -> Optional[str]:
 # none (Content-Length: the framing's CONTENT_LENGTH is set instead; names with '_'). Clients
 # send the same few names again and again; bounded in count and in length, so odd names
 # cannot pile up.
-_field_keys: dict[str, str] = {}
-MAX_FIELD_KEYS = 4096
-MAX_FIELD_KEY_NAME = 64
+_field_keys: Final[dict[str, str]] = {}
+MAX_FIELD_KEYS: Final = 4096
+MAX_FIELD_KEY_NAME: Final = 64
 
 
 def _field_key(name: str) -> str:
