@@ -17,8 +17,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The per-request path; each type-checks strictly, which mypyc needs.
-COMPILED = ["request", "requesting", "framing", "responding", "wsgi", "stewarding", "serving",
-            "net", "polling", "grammar", "chunked", "stalls"]
+COMPILED = ["request", "requesting", "framing", "responding", "wsgi", "hosting", "stewarding",
+            "serving", "net", "polling", "grammar", "chunked", "stalls"]
 # The runtime library the compiled modules share, kept inside the package so that whatever
 # imports hio_http finds it (a top-level library would need the project root on sys.path).
 GROUP = "hio_http._compiled"

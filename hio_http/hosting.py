@@ -1,33 +1,35 @@
 """What a server and the keepers of its connections (a `Steward`, a WebSocket session) use of
-each other, as Protocols: the server knows its connections only as `Hosted`, and a keeper
-knows its server only as `Host`; a Steward knows its server as a `StewardHost` (`WSGIHost`
-for a WSGI server), and what the server is given for its Stewards to call: a `BareHandler`,
-the WebSocket `Upgrade`, a `TrafficObserver`; what an upgrade switches a connection to is
-`Switched`. Types only: nothing here runs on the loop.
+each other: the server knows its connections only as `Hosted`, and a keeper knows its server
+only as `Host`; a Steward knows its server as a `ServerState` (the class serving.BaseServer
+derives from; `WSGIHost` adds a WSGI server's side), and what the server is given for its
+Stewards to call: a `BareHandler`, the WebSocket `Upgrade`, a `TrafficObserver`; what an
+upgrade switches a connection to is `Switched`. Types only: nothing here runs on the loop.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
-from .framing import BaseResponder
+from mypy_extensions import mypyc_attr
+
+from .framing import BaseResponder, ResponseSettings
 from .net import ConnectionHandler
+from .polling import Poller
+from .request import Limits
 from .responding import CustomResponder
+from .stalls import StallWatch
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .forwarding import TrustedPeers
-    from .framing import ResponseSettings
     from .net import Connection
-    from .polling import Poller
     from .pool import AppPool
-    from .request import Limits, Request
+    from .request import Request
     from .settings import Settings
-    from .stalls import StallWatch
     from .wsgi import WSGIApp
 
 __all__ = ["Hosted", "Host", "Answer", "BareHandler", "Upgrade", "Switchable", "Switched",
-           "TrafficObserver", "StewardHost", "WSGIHost"]
+           "TrafficObserver", "ServerState", "WSGIHost"]
 
 # What `respond()` and `upgrade()` may return: a responder made for the request on this
 # connection, or an answer the Steward writes with a BareResponder.
@@ -101,7 +103,7 @@ class Switchable(Protocol):
     (stewarding.Steward)."""
 
     @property
-    def server(self) -> StewardHost: ...
+    def server(self) -> ServerState: ...
     @property
     def connection(self) -> Connection: ...
 
@@ -130,46 +132,56 @@ class TrafficObserver(Protocol):
         """Publish what was counted (the ServerDoer calls it on its turns once `due`)."""
 
 
-class StewardHost(Host, Protocol):
-    """What a Steward uses of its server (serving.BaseServer, a layer above the Steward)."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ServerState:
+    """What a Steward uses of its server, declared on a class the server derives from
+    (serving.BaseServer) rather than as a Protocol: the compiled build then reads these on
+    every request as fields of a known layout, not by name. Also a `Host`."""
 
-    served: int  # responses finished, counted here
-    stewards: set[Hosted]
+    settings: Settings
+    limits: Limits
+    response_settings: ResponseSettings
+    poller: Optional[Poller]
+    clock: Callable[[], float]  # now, on the clock deadlines are set on
+    stewards: set[Hosted]  # a keeper per open connection
+    waiting: set[Hosted]  # resumed on the server's next pass
+    closing: bool  # draining: a graceful stop began
+    timed: bool  # whether responses note when they began (access log, metrics)
+    served: int  # responses finished, counted by the Stewards
+    sweep_interval: float
+    stalls: Optional[StallWatch]
+    access: Optional[AccessLog]
+    metrics: Optional[TrafficObserver]
+    websocket_upgrade: Optional[Upgrade]
+    # What the upgrade reads of the server: the endpoints (Any: their handlers are
+    # websocket's, a module this one never names)
+    websockets: dict[str, Callable[[], Any]]
+    handler: Optional[BareHandler] = None  # called for each request when set (BareServer)
+    pool: Optional[AppPool] = None  # where app calls run when `threads` is set (Server)
 
-    @property
-    def limits(self) -> Limits: ...
-    @property
-    def poller(self) -> Optional[Poller]: ...
-    @property
-    def response_settings(self) -> ResponseSettings: ...
-    @property
-    def handler(self) -> Optional[BareHandler]: ...
-    @property
-    def websocket_upgrade(self) -> Optional[Upgrade]: ...
-    @property
-    def websockets(self) -> Mapping[str, Callable[[], Any]]:
-        """What the upgrade reads of the server this Steward hands it: the endpoints (Any:
-        their handlers are websocket's, a module this one never names)."""
-    @property
-    def pool(self) -> Optional[AppPool]: ...
-    @property
-    def stalls(self) -> Optional[StallWatch]: ...
-    @property
-    def access(self) -> Optional[AccessLog]: ...
-    @property
-    def metrics(self) -> Optional[TrafficObserver]: ...
-    @property
-    def timed(self) -> bool: ...
-    @property
-    def sweep_interval(self) -> float: ...
+    def remind(self, deadline: float) -> None:
+        """A keeper's deadline is now `deadline`: sweep no later than that."""
+        raise NotImplementedError
 
-    def trusts(self, peer: object) -> bool: ...
+    def nudge(self, keeper: Hosted) -> None:
+        """Resume `keeper` on the next pass; safe from any thread."""
+        raise NotImplementedError
 
-    def drain_left(self) -> float: ...
+    def forget(self, keeper: Hosted) -> None:
+        """The keeper's connection closed."""
+        raise NotImplementedError
+
+    def trusts(self, peer: object) -> bool:
+        """Whether `peer` (a socket peer address) may speak for clients."""
+        raise NotImplementedError
+
+    def drain_left(self) -> float:
+        """Seconds left of the drain window (0 when it is over, or not draining)."""
+        raise NotImplementedError
 
 
-class WSGIHost(StewardHost, Protocol):
-    """What a WSGISteward uses of its server besides (serving.Server)."""
+class WSGIHost(Protocol):
+    """What a WSGISteward uses of its server besides its ServerState (serving.Server)."""
 
     @property
     def app(self) -> WSGIApp: ...

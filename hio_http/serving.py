@@ -30,7 +30,7 @@ from mypy_extensions import mypyc_attr
 from .accesslog import AccessLog
 from .doing import Doer
 from .framing import ResponseSettings
-from .hosting import Hosted
+from .hosting import Hosted, ServerState
 from .net import Acceptor, Address
 from .polling import Poller, join_loop, leave_loop, poller_of
 from .pool import AppPool
@@ -62,13 +62,8 @@ def resolve(spec: str) -> Any:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class BaseServer:
+class BaseServer(ServerState):
     """Listening sockets, the stewards of their connections, and the sweep of deadlines."""
-
-    # What a Steward calls for each request when set (BareServer(handler=...))
-    handler: Optional[BareHandler] = None
-    # Where app calls run when `threads` is set (Server)
-    pool: Optional[AppPool] = None
 
     def __init__(self, poller: Optional[Poller] = None,
                  clock: Optional[Callable[[], float]] = None,

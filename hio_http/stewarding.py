@@ -32,11 +32,11 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Optional, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, Optional, TypeGuard, cast
 
 from mypy_extensions import mypyc_attr
 
-from .hosting import (Answer, BareHandler, StewardHost, Switched, TrafficObserver, Upgrade,
+from .hosting import (Answer, BareHandler, ServerState, Switched, TrafficObserver, Upgrade,
                       WSGIHost)
 from .net import Connection
 from .forwarding import FORWARDING_KEYS, apply_forwarding
@@ -56,7 +56,7 @@ wall_time: Final = time.time  # a constant: compiled code calls it without a loo
 
 __all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "BareHandler", "WSGIApp",
            "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream",
-           "StewardHost", "WSGIHost", "Switched"]  # the Protocols: hosting's, named here too
+           "ServerState", "WSGIHost", "Switched"]  # the Protocols: hosting's, named here too
 
 NOT_FOUND: Final = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
 SERVER_ERROR: Final = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
@@ -100,10 +100,10 @@ class Steward:
     Stewards directly, `Server` uses `WSGISteward`.
     """
 
-    server: StewardHost  # the serving.BaseServer that accepted the connection
+    server: ServerState  # the serving.BaseServer that accepted the connection
     unstarted = False  # self.responder is yet to be started (advance() does it)
 
-    def __init__(self, server: StewardHost, sock: socket.socket, peer: object):
+    def __init__(self, server: ServerState, sock: socket.socket, peer: object):
         self.server = server
         self.settings: Settings = server.settings
         self.requestant = Requestant(server.limits)
@@ -596,11 +596,11 @@ def is_event_stream(responder: Optional[BaseResponder]) -> TypeGuard[BaseRespond
 class WSGISteward(Steward):
     """A Steward that answers with the server's WSGI application."""
 
-    def __init__(self, server: WSGIHost, sock: socket.socket, peer: object):
+    def __init__(self, server: ServerState, sock: socket.socket, peer: object):
         super().__init__(server, sock, peer)
-        # the same server as `server`, seen with its WSGI side (an attribute keeps one type
-        # across subclasses, which a compiled build requires)
-        self.wsgi_host = server
+        # the same server, seen with its WSGI side: a serving.Server, the one server that
+        # makes WSGIStewards (tests/test_types.py checks that it is a WSGIHost)
+        self.wsgi_host = cast(WSGIHost, server)
         # made on the first request: after PROXY
         self.environ_base: Optional[dict[str, Any]] = None
 
@@ -611,8 +611,9 @@ class WSGISteward(Steward):
         environ = build_environ(self.environ_base, request, self.settings.root_path)
         if not environ.keys().isdisjoint(FORWARDING_KEYS):
             apply_forwarding(environ, host.trusted)
-        pool = host.pool
+        pool = self.server.pool
+        settings = self.server.response_settings
         if pool is not None:
-            return ThreadedResponder(self.connection, request, host.response_settings,
-                                     host.app, environ, pool=pool, wake=self._wake)
-        return Responder(self.connection, request, host.response_settings, host.app, environ)
+            return ThreadedResponder(self.connection, request, settings, host.app, environ,
+                                     pool=pool, wake=self._wake)
+        return Responder(self.connection, request, settings, host.app, environ)

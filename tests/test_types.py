@@ -23,9 +23,9 @@ CONFORMANCE = '''
 import falcon
 
 import hio_http
-from hio_http import clienting, serving, stewarding, websocket, websocket_client
+from hio_http import clienting, hosting, serving, stewarding, websocket, websocket_client
 
-def steward_host(server: serving.BaseServer) -> stewarding.StewardHost:
+def keeper_host(server: serving.BaseServer) -> hosting.Host:
     return server
 
 def wsgi_host(server: serving.Server) -> stewarding.WSGIHost:
