@@ -248,7 +248,7 @@ class Session:
         self.link = Link(sock, self._peer, self.poller, self)
         # A streamed body is held at most one receive past high_water: keep receives near it,
         # and no larger than RECEIVE_SIZE_CAP, which a fresh buffer per receive can afford.
-        self.link.receive_size = max(16 * 1024, min(RECEIVE_SIZE_CAP, self.client.high_water))
+        self.link.receive_limit = max(16 * 1024, min(RECEIVE_SIZE_CAP, self.client.high_water))
         if context is not None:
             self.link.start_handshake()
         else:
