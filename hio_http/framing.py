@@ -34,12 +34,13 @@ from .grammar import BYTES_LIKE, check_field, list_members
 from .request import Request
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
-           "Outlet", "ResponseSettings", "BaseResponder", "http_date",
+           "Outlet", "ResponseSettings", "BaseResponder", "http_date", "wall_time",
            "reason_of", "check_status", "clean_statuses", "clean_heads", "check_headers",
            "drop_hop_by_hop", "body_bytes"]
 
 logger: Final = logging.getLogger("hio_http.server")
-wall_time: Final = time.time  # a constant: compiled code calls it without a look-up
+# time.time as a constant: compiled code here and in modules importing it calls it directly
+wall_time: Final = time.time
 
 Header = tuple[str, str]  # a response field: (name, value), both text
 
@@ -52,15 +53,16 @@ DEFAULT_SERVER: Final = b"Server: hio_http\r\n"
 
 # RFC 9110 §7.6.1: connection-specific fields are the server's business, not the app's. An
 # app's `Connection: close` is honoured (the server writes it, once); the rest are dropped.
-HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                        "transfer-encoding", "upgrade"})
+HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te",
+                               "trailer", "transfer-encoding", "upgrade"})
 _warned_hop_by_hop: set[str] = set()  # names already warned of: one WARNING per name per process
 STATUS: Final = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
 
-REASONS: Final = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-           414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-           505: "HTTP Version Not Supported"}
+REASONS: Final = {
+    400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported"}
 
 # The response fields send_head looks for; any other is 0.
 _LENGTH: Final = 1
@@ -74,8 +76,10 @@ _FIELD_KINDS: Final = {"content-length": _LENGTH, "date": _DATE, "server": _SERV
 _clean_headers: Final[dict[Header, tuple[bytes, int]]] = {}
 MAX_CLEAN_HEADERS: Final = 4096
 MAX_CLEAN_VALUE: Final = 256
-clean_statuses: Final[set[str]] = set()  # status lines found valid (a caller may skip check_status)
-_status_lines: Final[dict[str, tuple[int, bytes]]] = {}  # status -> (its code, its line on the wire)
+# status lines found valid (a caller may skip check_status)
+clean_statuses: Final[set[str]] = set()
+# status -> (its code, its line on the wire)
+_status_lines: Final[dict[str, tuple[int, bytes]]] = {}
 
 # The start of a head (status line and fields) as send_head uses it, by its status and fields
 # (a tuple: the status, then each field): (code, the bytes, the Content-Length given or None,

@@ -136,7 +136,9 @@ class TrafficObserver(Protocol):
 class ServerState:
     """What a Steward uses of its server, declared on a class the server derives from
     (serving.BaseServer) rather than as a Protocol: the compiled build then reads these on
-    every request as fields of a known layout, not by name. Also a `Host`."""
+    every request as fields of a known layout, not by name. Also a `Host`, whose members it
+    declares again: mypyc lets no class that takes interpreted subclasses derive from a
+    Protocol."""
 
     settings: Settings
     limits: Limits

@@ -41,8 +41,8 @@ _READABLE: Final = ~select.EPOLLOUT if hasattr(select, "epoll") else 0
 _WRITABLE: Final = ~select.EPOLLIN if hasattr(select, "epoll") else 0
 # What epoll is asked to watch for READ, WRITE and both.
 _EPOLL_EVENTS: Final = ({READ: select.EPOLLIN, WRITE: select.EPOLLOUT,
-                  READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
-                 if hasattr(select, "epoll") else {})
+                         READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
+                        if hasattr(select, "epoll") else {})
 
 
 # A SelectorKey made as its class's own __new__ makes it, without that Python-level call:

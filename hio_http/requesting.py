@@ -67,18 +67,18 @@ _AFTER_CLOSE: Final = "Data after `Connection: close`"
 
 # RFC 9110 §5.6.2 tchar: the bytes a method token may contain.
 _TCHAR: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                   b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+                          b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 # Header fields whose values decide framing or connection handling; inspected once per head.
-_NOTED: Final = frozenset(("host", "content-length", "transfer-encoding", "expect", "upgrade",
-                    "content-type"))
+_NOTED: Final = frozenset(("host", "content-length", "transfer-encoding", "expect",
+                           "upgrade", "content-type"))
 
 # Decoded methods and lower-cased field names of the common requests, looked up, not recomputed.
 _METHODS: Final = {method.encode(): method for method in
-            ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+                   ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 _LOWER_NAMES: Final = {name: name.lower() for name in
-                ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
-                 "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
+                       ("Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
+                        "Connection", "Content-Type", "Content-Length", "Cookie", "Referer")}
 
 # The end of a request line (before its CRLF) naming a version we speak, and that version.
 _VERSIONS: Final = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}

@@ -30,7 +30,6 @@ import logging
 import socket
 import sys
 import termios
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Optional, TypeGuard, cast
 
@@ -41,7 +40,7 @@ from .hosting import (Answer, BareHandler, ServerState, Switched, TrafficObserve
 from .net import Connection
 from .forwarding import FORWARDING_KEYS, apply_forwarding
 from .proxy_protocol import ProxyProtocolError, parse_proxy_header
-from .framing import DONE, WAITING, BaseResponder
+from .framing import DONE, WAITING, BaseResponder, wall_time
 from .requesting import Request, RequestError, Requestant
 from .responding import BareResponder, CustomResponder, Responder
 from .threaded import ThreadedResponder
@@ -52,16 +51,16 @@ if TYPE_CHECKING:
 
 
 logger: Final = logging.getLogger("hio_http.server")
-wall_time: Final = time.time  # a constant: compiled code calls it without a look-up
 
 __all__ = ["Steward", "WSGISteward", "State", "DEADLINES", "BareHandler", "WSGIApp",
            "StartResponse", "Upgrade", "TrafficObserver", "is_event_stream",
-           "ServerState", "WSGIHost", "Switched"]  # the Protocols: hosting's, named here too
+           "ServerState", "WSGIHost", "Switched"]  # hosting's, named here too
 
 NOT_FOUND: Final = CustomResponder(404, [("Content-Type", "text/plain")], b"Not Found\n")
-SERVER_ERROR: Final = CustomResponder(500, [("Content-Type", "text/plain")], b"Internal Server Error\n")
+SERVER_ERROR: Final = CustomResponder(500, [("Content-Type", "text/plain")],
+                                      b"Internal Server Error\n")
 NO_WEBSOCKETS: Final = CustomResponder(404, [("Content-Type", "text/plain; charset=utf-8")],
-                                b"no WebSocket endpoint at this path\n")
+                                       b"no WebSocket endpoint at this path\n")
 
 PARSE_SLICE: Final = 4096  # bytes parsed at a time while requests may be small and pipelined
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1

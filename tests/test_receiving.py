@@ -11,27 +11,21 @@ import pytest
 from hio_http import net
 from hio_http.polling import Poller
 
+from conftest import ConnectionEvents
 
-class Recorder:
-    """A net.Connection handler that keeps the size of each receive and what the connection
-    was asking for then."""
+
+class Recorder(ConnectionEvents):
+    """Keeps the size of each receive and what the connection was asking for then."""
 
     def __init__(self):
+        super().__init__()
         self.connection = None
         self.sizes = []
         self.asked = []
 
-    def connected(self): pass
-
     def received(self, data):
         self.sizes.append(len(data))
         self.asked.append(self.connection.receive_size)
-
-    def ended(self): pass
-
-    def drained(self): pass
-
-    def closed(self): pass
 
 
 @pytest.fixture
