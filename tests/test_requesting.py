@@ -551,9 +551,12 @@ def valid_request(draw) -> bytes:
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))
     path = draw(PATH)
     query = draw(st.one_of(st.just(""), VALUE.map(lambda v: "?" + v.replace("#", ""))))
+    # Random names, but none the parser acts on: an Expect it does not know is a 417, and a
+    # second Content-Type a 400, as they must be; this property is about valid requests.
     fields = [("Host", "h")] + draw(st.lists(st.tuples(
         TOKEN.filter(lambda n: n.lower() not in
-                     ("host", "content-length", "transfer-encoding", "connection", "upgrade")),
+                     ("host", "content-length", "transfer-encoding", "connection", "upgrade",
+                      "expect", "content-type")),
         VALUE), max_size=4))
     body = draw(st.binary(max_size=60))
     framing = draw(st.sampled_from(["none", "length", "chunked"]) if body else st.just("none"))
