@@ -25,16 +25,17 @@ import logging
 import re
 import time
 from email.utils import formatdate
-from typing import Callable, Final, Iterator, Optional, Protocol
+from typing import Callable, Final, Iterator, Optional
 
 from mypy_extensions import mypyc_attr
 
 from .compression import Compression, GzipStream, choose_coding, compressed_headers, header_value
 from .grammar import BYTES_LIKE, check_field, list_members
+from .net import Outlet
 from .request import Request
 
 __all__ = ["DONE", "WAITING", "BLOCKED", "DEFAULT_SERVER", "HOP_BY_HOP", "REASONS", "Header",
-           "Outlet", "ResponseSettings", "BaseResponder", "http_date", "wall_time",
+           "ResponseSettings", "BaseResponder", "http_date", "wall_time",
            "reason_of", "check_status", "clean_statuses", "clean_heads", "check_headers",
            "drop_hop_by_hop", "body_bytes"]
 
@@ -100,21 +101,6 @@ def http_date() -> bytes:
     return _date_line[0][1]
 
 
-class Outlet(Protocol):
-    """Where a responder writes: a net.Connection, or a threaded.Relay for an app thread."""
-
-    closed: bool
-    tls: bool
-
-    @property
-    def pending(self) -> int:
-        """Bytes queued and not yet sent."""
-
-    def send(self, data: bytes) -> None: ...
-
-    def sendfile(self, fd: int, offset: int, count: int) -> None: ...
-
-
 class ResponseSettings:
     """What every response of one server shares, made once with the server: its Server line, how
     much may wait unsent before a body is pulled no further, and gzip as the server is set."""
@@ -149,6 +135,9 @@ class BaseResponder:
     raw_length: Optional[int] = None  # the app's Content-Length, before gzip
     raw_sent = 0  # body bytes taken from the app, before gzip
     iterator: Optional[Iterator[object]] = None  # the body's items, as they are pulled
+    # The encoded head of `status` and `headers`, when start_response already found it among
+    # the clean ones; None: send_head looks it up (or builds it).
+    head: Optional[HeadStart] = None
 
     def __init__(self, connection: Outlet, request: Request, settings: ResponseSettings):
         self.connection = connection  # a net.Connection, or an app thread's Relay
@@ -194,6 +183,7 @@ class BaseResponder:
         if not varies:
             return body
         self.headers = compressed_headers(self.headers, varies, compress)
+        self.head = None
         if not compress:
             return body
         if last:  # the whole body at once: one gzip member, framed by its Content-Length
@@ -209,12 +199,14 @@ class BaseResponder:
         compression = self.compression
         if compression is not None:
             body = self._negotiate(compression, _status_line(self.status)[0], body, last)
-        try:
-            head = clean_heads.get((self.status, *self.headers))
-        except TypeError:  # an app changed its list after start_response
-            head = None
+        head = self.head
         if head is None:
-            head = _head_start(self.status, self.headers)
+            try:
+                head = clean_heads.get((self.status, *self.headers))
+            except TypeError:  # an app changed its list after start_response
+                head = None
+            if head is None:
+                head = _head_start(self.status, self.headers)
         code, start, length, has_date, has_server = head
         if code < 200 or code in (204, 304):
             self.bodiless = True
@@ -324,6 +316,7 @@ class BaseResponder:
         body = (message or REASONS.get(code, "Error")).encode("utf-8") + b"\n"
         self.headers = [("Content-Type", "text/plain; charset=utf-8"),
                         ("Content-Length", str(len(body)))]
+        self.head = None
         self.length = None
         self.chunked = False
         self.send_head(body, last=True)

@@ -253,7 +253,24 @@ _GONE: Final = _Gone()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class Connection:
+class Outlet:
+    """Where a response is written: a Connection, or a threaded.Relay that collects what an app
+    thread writes. A base class rather than a Protocol: compiled responders then read `pending`
+    and call `send` on it directly, not by name."""
+
+    closed: bool
+    tls: bool
+    pending: int  # bytes queued and not yet sent
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def sendfile(self, fd: int, offset: int, count: int) -> None:
+        raise NotImplementedError
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Connection(Outlet):
     """An accepted socket serviced by readiness.
 
     The handler receives `received(data)`, `ended()` (the peer sent EOF: it may still read our

@@ -16,10 +16,11 @@ from typing import Callable, Final, Iterable, Iterator, Optional, Union
 
 from mypy_extensions import mypyc_attr
 
-from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, Outlet,
-                      ResponseSettings, body_bytes, check_headers, check_status, clean_statuses,
-                      clean_heads, drop_hop_by_hop, reason_of)
+from .framing import (BLOCKED, DONE, WAITING, BaseResponder, Header, ResponseSettings,
+                      body_bytes, check_headers, check_status, clean_statuses, clean_heads,
+                      drop_hop_by_hop, reason_of)
 from .grammar import BYTES_LIKE, header_text
+from .net import Outlet
 from .request import Request
 from .wsgi import Environ, ExcInfo, FileWrapper, WSGIApp, regular_file_span
 
@@ -53,12 +54,15 @@ class Responder(BaseResponder):
                 exc_info = None
         elif self.status:
             raise AssertionError("start_response called a second time without exc_info")
-        try:  # a head sent before was checked, with nothing to drop: skip it all
-            known = type(status) is str and type(headers) is list and (
-                (status, *headers) in clean_heads)
-        except TypeError:  # an unhashable field, which check_headers names
-            known = False
-        if not known:
+        # A head sent before was checked, with nothing to drop: skip it all, and keep its
+        # encoding for send_head.
+        head = None
+        if type(status) is str and type(headers) is list:
+            try:
+                head = clean_heads.get((status, *headers))
+            except TypeError:  # an unhashable field, which check_headers names
+                pass
+        if head is None:
             if type(status) is not str or status not in clean_statuses:  # else known valid
                 check_status(status)
             if not check_headers(headers):  # some field is new: maybe hop-by-hop
@@ -66,6 +70,7 @@ class Responder(BaseResponder):
                 if close:
                     self.keep_alive = False
         self.status, self.headers = status, headers
+        self.head = head
         self.pending_head = True
         return self.write
 
@@ -103,6 +108,7 @@ class Responder(BaseResponder):
             return False
         if self.length_header() is None:
             self.headers.append(("Content-Length", str(size)))
+            self.head = None
         self.send_head(b"")
         count = min(size, self.length) if self.length is not None else size
         if not self.bodiless:

@@ -28,7 +28,7 @@ import logging
 import threading
 from typing import Callable, Optional, Union
 
-from .net import FileSpan
+from .net import FileSpan, Outlet
 from .pool import AppPool
 from .framing import BLOCKED, DONE, WAITING, ResponseSettings
 from .responding import Responder
@@ -42,9 +42,10 @@ class ClientGone(ConnectionError):
     """Raised in an app's write() once its client has gone or the response was abandoned."""
 
 
-class Relay:
+class Relay(Outlet):
     """Stands in for a Connection while a pool thread writes a response: `send` and `sendfile`
-    only collect, in order, for the loop to `take` and forward."""
+    only collect, in order, for the loop to `take` and forward. Its `pending` counts the bytes
+    not yet on the wire: the connection's, as last seen, and the collected ones."""
 
     def __init__(self, connection):
         self.tls = connection.tls
@@ -52,14 +53,19 @@ class Relay:
         self._room: Optional[threading.Condition] = None  # made once a write() waits
         self.chunks: list = []
         self.size = 0  # bytes collected and not yet taken
-        self.unsent = connection.pending  # what the socket still held, as the loop last saw it
+        self.unsent = connection.pending
         self.closed = False
         self.writer_waiting = False  # an app's write() waits for room
 
     @property
-    def pending(self) -> int:
-        """Bytes not yet on the wire: the connection's, as last seen, and the collected ones."""
-        return self.unsent + self.size
+    def unsent(self) -> int:
+        """What the socket still held, as the loop last saw it."""
+        return self._unsent
+
+    @unsent.setter
+    def unsent(self, value: int) -> None:
+        self._unsent = value
+        self.pending = value + self.size
 
     def send(self, data) -> None:
         if self.closed or not data:
@@ -67,6 +73,7 @@ class Relay:
         with self.lock:
             self.chunks.append(data)
             self.size += len(data)
+            self.pending += len(data)
 
     def sendfile(self, fd: int, offset: int, count: int) -> None:
         if self.closed or count <= 0:
@@ -92,13 +99,13 @@ class Relay:
             with self.lock:
                 if self.closed:
                     raise ClientGone("the client is gone")
-                if self.unsent + self.size < high_water:
+                if self.pending < high_water:
                     self.writer_waiting = False
                     return
                 self.writer_waiting = True
             ask_loop()
             with self.lock:
-                if not self.closed and self.unsent + self.size >= high_water:
+                if not self.closed and self.pending >= high_water:
                     if self._room is None:
                         self._room = threading.Condition(self.lock)
                     self._room.wait()
@@ -108,6 +115,7 @@ class Relay:
             self.closed = True
             chunks, self.chunks = self.chunks, []
             self.size = 0
+            self.pending = self._unsent
             if self._room is not None:
                 self._room.notify_all()
         for chunk in chunks:
