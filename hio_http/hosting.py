@@ -151,6 +151,9 @@ class ServerState:
     timed: bool  # whether responses note when they began (access log, metrics)
     served: int  # responses finished, counted by the Stewards
     sweep_interval: float
+    # Settings a Steward reads on every request, copied out of Settings (read by name)
+    max_pipeline: int
+    timeouts: dict[Any, Optional[float]]  # seconds each stewarding.State allows (DEADLINES)
     stalls: Optional[StallWatch]
     access: Optional[AccessLog]
     metrics: Optional[TrafficObserver]

@@ -9,8 +9,8 @@ Those types, and the `Limits` it enforces, are request.py's; they are named here
 from __future__ import annotations
 
 import collections
-import io
 import tempfile
+from io import BytesIO
 from typing import BinaryIO, Callable, Final, cast
 
 import httptools
@@ -294,7 +294,7 @@ class Requestant:
             if "upgrade" in noted and parser.should_upgrade():
                 upgrade = noted["upgrade"][0]
             expect = self._check_expectation(version, noted.get("expect"))
-        body = (io.BytesIO() if length is None and not chunked  # no body: the usual case
+        body = (BytesIO() if length is None and not chunked  # no body: the usual case
                 else self._new_body(chunked, length))
         self._request = self.current = Request(
             method, target, path, query, version, self._fields, [], body, 0, length, chunked,
@@ -330,7 +330,7 @@ class Requestant:
         if chunked or (length is not None and length > threshold):
             # A binary file, which typeshed does not declare a BinaryIO.
             return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=threshold))
-        return io.BytesIO()
+        return BytesIO()
 
     def _split_target(self, target: str, method: str) -> tuple[str, str]:
         """Return the raw (path, query) of a request-target (RFC 9112 §3.2)."""

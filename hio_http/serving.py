@@ -40,8 +40,8 @@ from .stalls import StallWatch, stall_watch_of
 # Steward, WSGISteward and is_event_stream are the connection's side (stewarding.py); their
 # names are also given here, where users of the servers have always found them, with the
 # Protocols of what a server calls: a bare handler, a WSGI app, the WebSocket upgrade.
-from .stewarding import (BareHandler, StartResponse, Steward, TrafficObserver, Upgrade,
-                         WSGIApp, WSGISteward, is_event_stream)
+from .stewarding import (DEADLINES, BareHandler, StartResponse, Steward, TrafficObserver,
+                         Upgrade, WSGIApp, WSGISteward, is_event_stream)
 from .wsgi import ErrorStream, FileWrapper
 
 logger = logging.getLogger("hio_http.server")
@@ -116,6 +116,9 @@ class BaseServer(ServerState):
                        made.write_timeout, made.handshake_timeout,
                        made.ws_ping_interval, made.ws_ping_timeout)
         self.sweep_interval: float = max(0.001, min(made.sweep_interval, shortest / 4))
+        self.max_pipeline = made.max_pipeline
+        self.timeouts = {state: None if name is None else getattr(made, name)
+                         for state, name in DEADLINES.items()}
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ DEADLINES: Final[dict[State, Optional[str]]] = {
     State.HEAD: "header_timeout", State.BODY: "body_timeout",
     State.RESPONDING: "write_timeout", State.WAITING: None, State.CLOSING: None}
 _DEFAULT: Final[Any] = object()  # _expect(state): the deadline the table gives (Any: a sentinel)
+_FORWARDING_KEYS: Final = FORWARDING_KEYS  # a static of the compiled module, not a look-up
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -206,12 +207,12 @@ class Steward:
         offset, size = 0, len(data)
         try:
             if (size <= PARSE_SLICE and requestant.current is None
-                    and len(requestant.requests) < self.settings.max_pipeline):
+                    and len(requestant.requests) < self.server.max_pipeline):
                 requestant.feed(data)  # the usual few small requests: one feed
                 self.unparsed = b""
                 return
             while offset < size:
-                if len(requestant.requests) >= self.settings.max_pipeline:
+                if len(requestant.requests) >= self.server.max_pipeline:
                     break
                 current = requestant.current
                 if current is not None and current.content_length is not None:
@@ -530,7 +531,7 @@ class Steward:
         if connection.closed or self.eof or self.protocol is not None:
             return
         if self.unparsed or self.error or (
-                len(self.requestant.requests) >= self.settings.max_pipeline) or (
+                len(self.requestant.requests) >= self.server.max_pipeline) or (
                 self.responder is not None and self.responder.queued):  # no thread free
             if connection.reading:
                 connection.pause_reading()
@@ -544,8 +545,7 @@ class Steward:
         (seconds, or None for no deadline) says otherwise. Every state change comes here."""
         self.state = state
         if timeout is _DEFAULT:
-            setting = DEADLINES[state]
-            timeout = getattr(self.settings, setting) if setting is not None else None
+            timeout = self.server.timeouts[state]  # as DEADLINES says, read from settings once
         if timeout is None:
             self.deadline = None
         else:
@@ -600,19 +600,20 @@ class WSGISteward(Steward):
         # the same server, seen with its WSGI side: a serving.Server, the one server that
         # makes WSGIStewards (tests/test_types.py checks that it is a WSGIHost)
         self.wsgi_host = cast(WSGIHost, server)
+        self.app = self.wsgi_host.app  # read here once: the compiled build reads a Protocol's
+        self.root_path = self.settings.root_path  # members (and Settings') by name
         # made on the first request: after PROXY
         self.environ_base: Optional[dict[str, Any]] = None
 
     def respond(self, request: Request) -> BaseResponder:
-        host = self.wsgi_host
         if self.environ_base is None:
-            self.environ_base = host.connection_environ(self.peer)
-        environ = build_environ(self.environ_base, request, self.settings.root_path)
-        if not environ.keys().isdisjoint(FORWARDING_KEYS):
-            apply_forwarding(environ, host.trusted)
+            self.environ_base = self.wsgi_host.connection_environ(self.peer)
+        environ = build_environ(self.environ_base, request, self.root_path)
+        if any(key in environ for key in _FORWARDING_KEYS):
+            apply_forwarding(environ, self.wsgi_host.trusted)
         pool = self.server.pool
         settings = self.server.response_settings
         if pool is not None:
-            return ThreadedResponder(self.connection, request, settings, host.app, environ,
+            return ThreadedResponder(self.connection, request, settings, self.app, environ,
                                      pool=pool, wake=self._wake)
-        return Responder(self.connection, request, settings, host.app, environ)
+        return Responder(self.connection, request, settings, self.app, environ)

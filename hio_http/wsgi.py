@@ -156,7 +156,8 @@ def build_environ(base: Environ, request: Request, root_path: str = "") -> Envir
     environ["PATH_INFO"] = path
     environ["QUERY_STRING"] = request.query
     environ["RAW_URI"] = environ["REQUEST_URI"] = request.target
-    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    version = request.version
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if version == "1.1" else "HTTP/" + version
     environ["wsgi.input"] = request.body
     # PEP 3333 has no place for trailer fields; the body is complete before the app runs, so
     # they are all here: [(name, value), ...], empty unless a chunked body carried some.
