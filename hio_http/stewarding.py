@@ -600,8 +600,9 @@ class WSGISteward(Steward):
         # the same server, seen with its WSGI side: a serving.Server, the one server that
         # makes WSGIStewards (tests/test_types.py checks that it is a WSGIHost)
         self.wsgi_host = cast(WSGIHost, server)
-        self.app = self.wsgi_host.app  # read here once: the compiled build reads a Protocol's
-        self.root_path = self.settings.root_path  # members (and Settings') by name
+        # read once here: the compiled build reads a Protocol's members (and Settings') by name
+        self.app = self.wsgi_host.app
+        self.root_path = self.settings.root_path
         # made on the first request: after PROXY
         self.environ_base: Optional[dict[str, Any]] = None
 
