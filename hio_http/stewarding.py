@@ -77,8 +77,8 @@ class State(enum.Enum):
     WAITING = "waiting"        # the app said "not yet", or an app thread works on the request
     CLOSING = "closing"        # an error answer is going out; then the connection closes
 
-    # Members are unique, so identity hashes them: Enum's own hash is a Python call, and
-    # DEADLINES is looked up on nearly every request.
+    # Members are unique, so identity hashes them: Enum's own hash is a Python call, and the
+    # server's timeouts (made from DEADLINES) are looked up on nearly every request.
     __hash__ = object.__hash__
 
 

@@ -52,27 +52,22 @@ class Relay(Outlet):
         self.lock = threading.Lock()
         self._room: Optional[threading.Condition] = None  # made once a write() waits
         self.chunks: list = []
-        self.size = 0  # bytes collected and not yet taken
-        self.unsent = connection.pending
+        self.unsent = connection.pending  # what the socket still held, as the loop last saw it
+        self.pending = self.unsent
         self.closed = False
         self.writer_waiting = False  # an app's write() waits for room
 
-    @property
-    def unsent(self) -> int:
-        """What the socket still held, as the loop last saw it."""
-        return self._unsent
-
-    @unsent.setter
-    def unsent(self, value: int) -> None:
-        self._unsent = value
-        self.pending = value + self.size
+    def see_unsent(self, unsent: int) -> None:
+        """The loop saw the socket hold `unsent` bytes (under the lock: a write may be adding)."""
+        with self.lock:
+            self.pending += unsent - self.unsent
+            self.unsent = unsent
 
     def send(self, data) -> None:
         if self.closed or not data:
             return
         with self.lock:
             self.chunks.append(data)
-            self.size += len(data)
             self.pending += len(data)
 
     def sendfile(self, fd: int, offset: int, count: int) -> None:
@@ -86,8 +81,7 @@ class Relay(Outlet):
         """The collected chunks (the loop forwards them); `unsent` is what the socket holds."""
         with self.lock:
             chunks, self.chunks = self.chunks, []
-            self.size = 0
-            self.unsent = unsent
+            self.unsent = self.pending = unsent
             if self._room is not None:
                 self._room.notify_all()
         return chunks
@@ -114,8 +108,7 @@ class Relay(Outlet):
         with self.lock:
             self.closed = True
             chunks, self.chunks = self.chunks, []
-            self.size = 0
-            self.pending = self._unsent
+            self.pending = self.unsent
             if self._room is not None:
                 self._room.notify_all()
         for chunk in chunks:
@@ -217,7 +210,7 @@ class ThreadedResponder(Responder):
                 chunk.close()
             else:
                 connection.send(chunk)
-        relay.unsent = connection.pending
+        relay.see_unsent(connection.pending)
 
     def _submit(self, job: Callable[[], None]) -> None:
         if self.pool.closed:
@@ -227,7 +220,7 @@ class ThreadedResponder(Responder):
                 self._forward()
             return
         self.running = True
-        self.relay.unsent = self.socket_connection.pending
+        self.relay.see_unsent(self.socket_connection.pending)
         if not self.pool.submit(job):
             self.running = False
             self.turned_away = job

@@ -522,3 +522,35 @@ def test_compressed_streams_are_framed_on_the_thread_and_decoded_whole(serve):
     assert answer.headers["Content-Encoding"] == "gzip"
     assert answer.content == b"x" * 3000 + b"y" * 3000
 
+
+
+def test_relay_pending_stays_the_socket_bytes_plus_the_collected_ones_under_concurrent_writes():
+    """An app thread's writes and the loop's view of the socket change `pending` at once: the
+    count must never lose either side (it is what the high-water mark is checked against)."""
+    from types import SimpleNamespace
+
+    from hio_http.threaded import Relay
+
+    relay = Relay(SimpleNamespace(tls=False, pending=100))
+    assert relay.pending == 100
+    writes = 20000
+
+    def writer():
+        for _ in range(writes):
+            relay.send(b"x")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = 0
+    while thread.is_alive():
+        seen = (seen + 7) % 1000  # the loop watching the socket drain and fill
+        relay.see_unsent(seen)
+    thread.join()
+    collected = sum(len(chunk) for chunk in relay.chunks)
+    assert collected == writes
+    assert relay.pending == relay.unsent + collected
+    taken = relay.take(5)
+    assert len(taken) == writes and relay.pending == 5
+    relay.send(b"abc")
+    relay.close()
+    assert relay.pending == 5 and relay.chunks == []
