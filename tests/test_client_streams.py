@@ -744,8 +744,9 @@ def test_benchmark_script_runs_small(tmp_path):
                    check=True, capture_output=True, timeout=240)
     result = json.loads(out.read_text())
     assert result["concurrent"]["completed"] == 20 and result["concurrent"]["all_bytes"]
-    for name in ("hio_upload", "hio_download", "urllib3_upload", "urllib3_download"):
-        assert result[name]["mib_per_s"] > 0
+    for name in ("hio_upload", "hio_download", "hio_file_download", "urllib3_upload",
+                 "urllib3_download", "urllib3_file_download"):
+        assert result[name]["mib_per_s"] > 0 and result[name]["server_cpu_s"] >= 0
 
 
 def test_a_followed_redirect_does_not_reach_the_stream():

@@ -4,8 +4,11 @@ Starts a hio_http server in a child process (pinned to core 0 when `taskset` exi
 this process (core 1), measures in one run:
 
 1. uploading and downloading --size-mib through hio_http's Client and through urllib3 (both
-   streaming, neither holding the body): MiB/s, their ratio, and how much this process's RSS
-   grew meanwhile;
+   streaming, neither holding the body): MiB/s, their ratio, how much this process's RSS grew
+   meanwhile, and the CPU each transfer cost the client and the server. Downloads are measured
+   twice: from a Falcon generator (the server's Python and its copies bind the rate) and from
+   a file the server sends by sendfile (cheaper for the server than for either client, so the
+   clients' own cost binds it);
 2. --streams concurrent streamed downloads from one process (one Client per connection, one
    Poller): all must complete; RSS growth against connections x high_water;
 3. with wrk, a Falcon app's 10 KiB JSON at c=10 with `Accept-Encoding: gzip` against the same
@@ -27,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,10 +70,18 @@ def serve(args) -> None:
         def on_get(self, req, resp):
             resp.media = document
 
+    class File:
+        def on_get(self, req, resp):
+            resp.content_type = "application/octet-stream"
+            resp.content_length = os.path.getsize(args.file)
+            resp.stream = open(args.file, "rb")  # Falcon hands it to wsgi.file_wrapper
+
     app = falcon.App()
     app.add_route("/download", Download())
     app.add_route("/upload", Upload())
     app.add_route("/json", Document())
+    if args.file:
+        app.add_route("/file", File())
     _raise_file_limit()
     keep_freed_memory()  # as the command line does
     server = Server(app, host="127.0.0.1", port=args.port, compress=True, max_body=1 << 40,
@@ -124,6 +136,14 @@ def blocks(size: int, peak: Peak):
         yield block
 
 
+def hio_file_download(url: str, size: int) -> tuple[float, int]:
+    return hio_download(url, size, "/file")
+
+
+def urllib3_file_download(url: str, size: int) -> tuple[float, int]:
+    return urllib3_download(url, size, "/file")
+
+
 def hio_upload(url: str, size: int) -> tuple[float, int]:
     from hio_http.clienting import Client
     peak = Peak()
@@ -137,7 +157,7 @@ def hio_upload(url: str, size: int) -> tuple[float, int]:
     return size / elapsed / MIB, peak.growth
 
 
-def hio_download(url: str, size: int) -> tuple[float, int]:
+def hio_download(url: str, size: int, path: str = "") -> tuple[float, int]:
     from hio_http.clienting import Client
     peak = Peak()
     client = Client(url, timeout=120)
@@ -148,7 +168,7 @@ def hio_download(url: str, size: int) -> tuple[float, int]:
         peak.sample(len(data))
 
     started = time.perf_counter()
-    response = client.get(f"/download?size={size}", on_data=count)
+    response = client.get(path or f"/download?size={size}", on_data=count)
     client.run_until(response, timeout=600)
     elapsed = time.perf_counter() - started
     client.close()
@@ -169,12 +189,13 @@ def urllib3_upload(url: str, size: int) -> tuple[float, int]:
     return size / elapsed / MIB, peak.growth
 
 
-def urllib3_download(url: str, size: int) -> tuple[float, int]:
+def urllib3_download(url: str, size: int, path: str = "") -> tuple[float, int]:
     import urllib3
     peak = Peak()
     pool = urllib3.PoolManager()
     started = time.perf_counter()
-    response = pool.request("GET", url + f"/download?size={size}", preload_content=False)
+    response = pool.request("GET", url + (path or f"/download?size={size}"),
+                            preload_content=False)
     received = 0
     for piece in response.stream(BLOCK):
         received += len(piece)
@@ -262,19 +283,22 @@ def main() -> None:
     parser.add_argument("--stream-mib", type=float, default=1.0)
     parser.add_argument("--high-water", type=int, default=64 * 1024)
     parser.add_argument("--wrk-seconds", type=int, default=5)
-    parser.add_argument("--reps", type=int, default=3, help="transfers of each kind (median)")
+    parser.add_argument("--reps", type=int, default=5, help="transfers of each kind (median)")
     parser.add_argument("--out")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)  # with --serve
+    parser.add_argument("--file", default="", help=argparse.SUPPRESS)  # with --serve
     args = parser.parse_args()
     if args.serve:
         serve(args)
         return
     _raise_file_limit()
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    scratch = tempfile.TemporaryDirectory(prefix="client_streams-")
+    served = write_file(Path(scratch.name) / "download.bin", args.size_mib * MIB)
     child = subprocess.Popen(pin + [sys.executable, __file__, "--serve", "--streams",
-                                    str(args.streams)], stdout=subprocess.PIPE, text=True,
-                             start_new_session=True)
+                                    str(args.streams), "--file", str(served)],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         port = json.loads(child.stdout.readline())["port"]
         if shutil.which("taskset"):
@@ -288,9 +312,19 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait(10)
+        scratch.cleanup()
     report(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def write_file(path: Path, size: int) -> Path:
+    """The file the server sends by sendfile; written once, it stays in the page cache."""
+    block = os.urandom(MIB)
+    with open(path, "wb") as out:
+        for _ in range(size // MIB):
+            out.write(block)
+    return path
 
 
 def measure(url: str, args, server_pid: int) -> dict:
@@ -305,23 +339,33 @@ def measure(url: str, args, server_pid: int) -> dict:
     # for a while, which would slow whatever runs next. Within a kind the two clients take
     # turns going first (ABBA), so a busy moment of the machine hits both alike.
     kinds = ((("hio_download", hio_download), ("urllib3_download", urllib3_download)),
+             (("hio_file_download", hio_file_download),
+              ("urllib3_file_download", urllib3_file_download)),
              (("hio_upload", hio_upload), ("urllib3_upload", urllib3_upload)))
     runs = [run for kind in kinds for run in kind]
     speeds: dict = {name: [] for name, _ in runs}
     growths: dict = {name: [] for name, _ in runs}
     cpus: dict = {name: [] for name, _ in runs}
+    server_cpus: dict = {name: [] for name, _ in runs}
     for pair in kinds:
         for rep in range(args.reps):
             for name, run in (pair if rep % 2 == 0 else pair[::-1]):
-                before = cpu_seconds()
+                before, server_before = cpu_seconds(), process_cpu(server_pid)
                 speed, growth = run(url, size)
                 cpus[name].append(round(cpu_seconds() - before, 3))
+                server_cpus[name].append(round(process_cpu(server_pid) - server_before, 2))
                 speeds[name].append(round(speed, 1))
                 growths[name].append(growth)
     for name, _ in runs:
         results[name] = {"mib_per_s": statistics.median(speeds[name]), "each": speeds[name],
                          "rss_growth_mib": round(max(growths[name]) / MIB, 2),
-                         "cpu_s": statistics.median(cpus[name]), "cpu_each": cpus[name]}
+                         "cpu_s": statistics.median(cpus[name]), "cpu_each": cpus[name],
+                         "server_cpu_s": statistics.median(server_cpus[name])}
+    for (mine, _), (theirs, _) in kinds:
+        # The machine's speed drifts within a run; each pair of neighbouring transfers shares
+        # its moment, so the median of their ratios is the steadier comparison.
+        results[mine]["pair_ratio"] = round(statistics.median(
+            a / b for a, b in zip(speeds[mine], speeds[theirs])), 3)
     results["concurrent"] = concurrent_downloads(url, args.streams, int(args.stream_mib * MIB),
                                                  args.high_water)
     if shutil.which("wrk"):
@@ -334,6 +378,8 @@ def measure(url: str, args, server_pid: int) -> dict:
         results["json_gzip"] = sorted(gzips, key=lambda r: r["requests_per_s"])[middle]
         results["json_plain"]["cpu_each"] = [r["server_cpu_us"] for r in plains]
         results["json_gzip"]["cpu_each"] = [r["server_cpu_us"] for r in gzips]
+        results["json_pair_ratio"] = round(statistics.median(
+            g["requests_per_s"] / p["requests_per_s"] for p, g in zip(plains, gzips)), 3)
         results["json_cpu_ratio"] = round(statistics.median(r["server_cpu_us"] for r in plains)
                                           / statistics.median(r["server_cpu_us"] for r in gzips),
                                           2)
@@ -343,14 +389,18 @@ def measure(url: str, args, server_pid: int) -> dict:
 def report(results: dict) -> None:
     up, down = results["hio_upload"], results["hio_download"]
     print(f"{results['size_mib']} MiB through the client, median of {results['reps']} "
-          f"(MiB/s, client CPU s, most RSS growth, ratio to urllib3):")
+          f"(MiB/s, client CPU s / server CPU s, most RSS growth, ratio to urllib3):")
     for kind, mine, theirs in (("upload", up, results["urllib3_upload"]),
-                               ("download", down, results["urllib3_download"])):
-        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, {mine['cpu_s']:.2f} s, RSS "
-              f"+{mine['rss_growth_mib']} MiB | urllib3 {theirs['mib_per_s']:8.1f} MiB/s, "
-              f"{theirs['cpu_s']:.2f} s, RSS +{theirs['rss_growth_mib']} MiB | ratio "
+                               ("download", down, results["urllib3_download"]),
+                               ("file", results["hio_file_download"],
+                                results["urllib3_file_download"])):
+        print(f"  {kind:8}  hio {mine['mib_per_s']:8.1f} MiB/s, {mine['cpu_s']:.2f} / "
+              f"{mine['server_cpu_s']:.2f} s, RSS +{mine['rss_growth_mib']} MiB | urllib3 "
+              f"{theirs['mib_per_s']:8.1f} MiB/s, {theirs['cpu_s']:.2f} / "
+              f"{theirs['server_cpu_s']:.2f} s, RSS +{theirs['rss_growth_mib']} MiB | ratio "
               f"{mine['mib_per_s'] / theirs['mib_per_s']:.2f}x")
-        print(f"            each: hio {mine['each']} | urllib3 {theirs['each']}")
+        print(f"            each: hio {mine['each']} | urllib3 {theirs['each']} | median "
+              f"of the pairs' ratios {mine['pair_ratio']:.2f}x")
     print("concurrent streamed downloads:", json.dumps(results["concurrent"]))
     if "json_plain" in results:
         plain, gzipped = results["json_plain"], results["json_gzip"]
@@ -358,7 +408,8 @@ def report(results: dict) -> None:
               f"({plain['bytes_per_response']:.0f} B), gzip {gzipped['requests_per_s']:.0f} req/s "
               f"({gzipped['bytes_per_response']:.0f} B): "
               f"{gzipped['requests_per_s'] / plain['requests_per_s']:.2f}x the rate, "
-              f"{plain['bytes_per_response'] / gzipped['bytes_per_response']:.1f}x fewer bytes")
+              f"{plain['bytes_per_response'] / gzipped['bytes_per_response']:.1f}x fewer bytes; "
+              f"median of the pairs' ratios {results['json_pair_ratio']:.2f}x")
         print(f"  server CPU per request (us): plain {plain['cpu_each']}, gzip "
               f"{gzipped['cpu_each']}: gzip costs {1 / results['json_cpu_ratio']:.2f}x "
               f"(the rate it allows: {results['json_cpu_ratio']:.2f}x)")
