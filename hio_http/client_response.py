@@ -97,6 +97,11 @@ class Response:
         return self._stream is not None
 
     @property
+    def awaits_taking(self) -> bool:
+        """Its body waits, as it arrives, for `take()` (a stream without `on_data`)."""
+        return self._stream is not None and self._stream.on_data is None
+
+    @property
     def buffered(self) -> int:
         """Body bytes held for the consumer of a streamed response (0 for a gathered one)."""
         return self._stream.buffered if self._stream is not None else 0

@@ -486,6 +486,36 @@ def test_streamed_download_with_a_slow_consumer_stays_bounded(serving):
     assert largest[0] <= 2 * high_water
 
 
+def test_receives_exceed_high_water_only_when_nothing_waits_for_take():
+    """A body handed to on_data is read in receives that grow past high_water (fewer calls);
+    one that waits for take() never gets a receive larger than high_water."""
+    size = 8 * 1024 * 1024
+    high_water = 16 * 1024
+    with serve_in_thread(big_app(size, piece=1024 * 1024)) as server:
+        client = Client(server.url, high_water=high_water)
+        asked = []
+
+        def on_data(data):
+            asked.append(client._session.link.receive_size)
+
+        handed = client.get("/big", on_data=on_data)
+        wait(client, lambda: handed.done)
+        assert handed.error is None and len(asked) > 1
+        assert max(asked) > high_water
+        streamed = client.get("/big", stream=True)
+        taken = [0]
+
+        def take_all():
+            asked.append(client._session.link.receive_size)
+            taken[0] += len(streamed.take())
+            return streamed.done and streamed.buffered == 0
+        del asked[:]
+        wait(client, take_all, timeout=60)
+        client.close()
+    assert streamed.error is None and taken[0] == size
+    assert max(asked) <= high_water
+
+
 def test_stream_timeout_counts_from_the_last_progress():
     """A body that keeps moving outlives the timeout; one that stalls does not."""
     def trickle(pieces, every):
