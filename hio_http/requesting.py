@@ -9,6 +9,7 @@ Those types, and the `Limits` it enforces, are request.py's; they are named here
 from __future__ import annotations
 
 import collections
+import re
 import tempfile
 from io import BytesIO
 from typing import BinaryIO, Callable, Final, cast
@@ -34,9 +35,11 @@ __all__ = ["Limits", "Request", "RequestError", "Requestant"]
 # has no pause), feed() finds where the head ended in the bytes (llhttp gives no offsets;
 # `_head_end`), and a ChunkedDecoder reads the body and its trailers. The bytes after the
 # body go to a fresh llhttp parser. Requests without a chunked body never meet the decoder.
-# Limits are counted in the callbacks; the HEAD section is also counted by raw bytes across
+# Limits are counted in the callbacks; the HEAD section is also counted from its bytes across
 # feed() calls, because httptools keeps a field line in its own buffer until the line ends
-# and would otherwise let "X: aaaa..." grow without bound.
+# and would otherwise let "X: aaaa..." grow without bound. Both counts leave out the
+# whitespace before a field value, as llhttp does, so that a head gets the same verdict
+# however TCP splits it; only an endless run of it (past max_header_bytes) is counted.
 # Bytes that llhttp must not see go to `_bypass`: a chunked body's, and all of them once
 # the HTTP/1 stream ends (an error, an upgrade, a "Connection: close" request).
 
@@ -45,6 +48,13 @@ _IDLE: Final = 0
 _HEAD: Final = 1
 _BODY: Final = 2
 _CHUNKED: Final = 3
+
+# Where the bytes fed so far leave an open head section (_section_bytes): in a field name or
+# at a line's start, in the whitespace between a field's colon and its value, in the value.
+_NAME: Final = 0
+_LEADING: Final = 1
+_VALUE: Final = 2
+_OWS: Final = re.compile(rb"[ \t]*")
 
 # llhttp rejects these itself; its reason string tells us which status to answer with.
 # Anything else llhttp rejects is a 400 that quotes llhttp's (fixed, client-free) reason.
@@ -109,8 +119,8 @@ class Requestant:
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
     __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
                  "_request", "_url_parts", "_method", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_head_start", "_line_start", "_head_tail", "_bypass",
-                 "_failure", "_received", "_decoder")
+                 "_sections", "_raw_bytes", "_section_at", "_leading", "_head_start",
+                 "_line_start", "_head_tail", "_bypass", "_failure", "_received", "_decoder")
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits if limits is not None else Limits()
@@ -130,6 +140,8 @@ class Requestant:
         self._field_bytes = 0   # field lines of the current section, as reported
         self._sections = 0      # heads begun, to spot one spanning feeds
         self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
+        self._section_at = _NAME  # where the open section's last byte fed lies
+        self._leading = 0  # whitespace so far before the open section's last field value
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
         self._line_start: bytes | None = None  # the bytes fed as the current head began them
         self._head_tail = b""  # the last bytes fed while a head was open (_head_end)
@@ -182,7 +194,7 @@ class Requestant:
                 data = rest
                 continue
             if self._phase == _HEAD:
-                self._count_open_section(len(data), self._sections - sections, phase == _IDLE,
+                self._count_open_section(data, self._sections - sections, phase == _IDLE,
                                          line_bytes, line_unsure)
                 self._head_tail = (self._head_tail + data[-3:])[-3:]
             return
@@ -474,27 +486,73 @@ class Requestant:
 
     # ---- limits that span feeds ----
 
-    def _count_open_section(self, size: int, begun: int, idle: bool, line_bytes: int,
+    def _count_open_section(self, data: bytes, begun: int, idle: bool, line_bytes: int,
                             line_unsure: bool = False) -> None:
         """Bound a head still open at the end of a feed.
 
         httptools buffers a field line until the line ends, so the callbacks alone cannot
-        see a never-ending one. `_raw_bytes` is a lower bound of the section's size from
-        the bytes that certainly belong to it; the request line is left out, being
-        limited on its own. `line_unsure`: the request line may have ended in this feed, so
-        its fixed part (spaces, version, CRLF), counted when the head began, may lie here.
+        see a never-ending one. `_raw_bytes` is a lower bound of what the callbacks will
+        count for the section, from the bytes that certainly belong to it; the request line
+        is left out, being limited on its own. `line_unsure`: the request line may have
+        ended in this feed, so its fixed part (spaces, version, CRLF), counted when the head
+        began, may lie here.
         """
         if begun == 0:  # the whole feed fell inside the section
             line_here = self._line_bytes - line_bytes + (_LINE_OVERHEAD if line_unsure else 0)
-            self._raw_bytes += max(0, size - line_here)
+            self._raw_bytes += self._section_bytes(data, max(0, line_here))
         elif begun == 1 and idle and self._phase == _HEAD:  # it began at the feed's start
-            self._raw_bytes = size - self._line_bytes
+            self._section_at = _NAME
+            # Below zero while the request line is open: the part of its fixed end (counted
+            # in _line_bytes) that has not come yet, which the next feed's line_here claims.
+            self._raw_bytes = (self._section_bytes(data, self._line_bytes)
+                               + min(0, len(data) - self._line_bytes))
         else:  # it began mid-feed, at an offset llhttp does not tell: trust the callbacks
             self._raw_bytes = self._field_bytes
+            # The last line's state is unknown: take it as leading whitespace, which counts
+            # the least of the next bytes (a lower bound stays one).
+            self._section_at = _LEADING
+            self._leading = 0
         # Less one byte: the feed may end with the CR of the blank line that closes the
         # section, which a complete section does not count.
         if self._raw_bytes - 1 > self.limits.max_header_bytes:
             raise self._die(RequestError(431, "request header section too large"))
+
+    def _section_bytes(self, data: bytes, start: int) -> int:
+        """What of data[start:], part of an open head section, the callbacks will count at
+        least: its bytes less the whitespace between each field's colon and its value, which
+        llhttp drops; but a run of that whitespace past max_header_bytes counts, or an
+        endless one would never be cut off. Finds run in C; a section has at most
+        max_header_count lines."""
+        size = len(data)
+        position = start
+        counted = 0
+        at = self._section_at
+        allowed = self.limits.max_header_bytes
+        while position < size:
+            if at == _LEADING:
+                run = _OWS.match(data, position)  # always matches, if only nothing
+                end = run.end() if run is not None else position
+                before, self._leading = self._leading, self._leading + end - position
+                counted += max(0, self._leading - allowed) - max(0, before - allowed)
+                position = end
+                if position < size:
+                    at = _VALUE
+                continue
+            end = data.find(b"\n", position)
+            line_end = size if end == -1 else end + 1
+            if at == _NAME:
+                colon = data.find(b":", position, line_end)
+                if colon != -1:  # the name and its colon; the value's whitespace follows
+                    counted += colon + 1 - position
+                    position = colon + 1
+                    at = _LEADING
+                    self._leading = 0
+                    continue
+            counted += line_end - position  # the rest of a line, its end included
+            position = line_end
+            at = _NAME if end != -1 else at
+        self._section_at = at
+        return counted
 
     # ---- failures and endings ----
 
