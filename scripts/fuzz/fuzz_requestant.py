@@ -31,7 +31,7 @@ if atheris is not None:
 else:
     from hio_http.requesting import Limits, RequestError, Requestant
 
-STATUSES = frozenset((400, 413, 414, 431, 501, 505))
+STATUSES = frozenset((400, 413, 414, 417, 431, 501, 505))
 DEFAULT = Limits()
 TIGHT = Limits(max_request_line=64, max_header_bytes=128, max_header_count=4, max_body=64,
                spill_threshold=32)
