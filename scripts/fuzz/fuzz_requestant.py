@@ -4,7 +4,8 @@ limits; anything raised but `RequestError` (with a status a server can send) is 
     python scripts/fuzz/fuzz_requestant.py -max_total_time=60
 
 Runs under atheris (libFuzzer) when it is installed, else as a plain random mutation fuzzer that
-understands -max_total_time, -runs and -seed. See scripts/fuzz/README.md.
+understands -max_total_time, -runs and -seed, and replays the files it is given. See
+scripts/fuzz/README.md.
 """
 
 from __future__ import annotations
@@ -183,10 +184,19 @@ def random_fuzz(argv: list[str]) -> int:
     return 0
 
 
+def replay(paths: list[str]) -> int:
+    """Run saved inputs (a crash file, a corpus entry) once each; a failing one raises."""
+    for path in paths:
+        test_one_input(Path(path).read_bytes())
+    print(f"replayed {len(paths)} input(s): no crash")
+    return 0
+
+
 def main() -> int:
     argv = list(sys.argv)
     if atheris is None:
-        return random_fuzz(argv)
+        files = [arg for arg in argv[1:] if not arg.startswith("-") and Path(arg).is_file()]
+        return replay(files) if files else random_fuzz(argv)
     if not any(arg.startswith("-dict=") for arg in argv[1:]):
         argv.append(f"-dict={HERE / 'http.dict'}")
     if not any(not arg.startswith("-") for arg in argv[1:]):
