@@ -24,7 +24,7 @@ from .client_parsing import (ClientError, ConnectError, ConnectionLost, ConnectT
 from .client_protocols import SessionClient, StreamClient
 from .client_response import Response
 from .grammar import list_members
-from .net import Connection
+from .net import FIRST_RECEIVE, Connection
 from .polling import READ, WRITE, Poller
 
 logger = logging.getLogger("hio_http.client")
@@ -508,8 +508,9 @@ class Session:
         if link is None:
             return
         limit = RECEIVE_SIZE_CAP
-        if any(e.sink is not None or e.response.awaits_taking for e in self.in_flight):
-            limit = max(16 * 1024, min(RECEIVE_SIZE_CAP, self.client.high_water))
+        if any(exchange.sink is not None or exchange.response.awaits_taking
+               for exchange in self.in_flight):
+            limit = max(FIRST_RECEIVE, min(RECEIVE_SIZE_CAP, self.client.high_water))
         link.receive_limit = limit
         link.receive_size = min(link.receive_size, limit)
 
