@@ -119,7 +119,7 @@ class Requestant:
     __deletable__ = ["_parser"]  # close() lets go of it (a compiled build must be told)
     __slots__ = ("limits", "requests", "current", "leftover", "busy", "_parser", "_phase",
                  "_request", "_url_parts", "_method", "_fields", "_line_bytes", "_field_bytes",
-                 "_sections", "_raw_bytes", "_section_at", "_leading", "_head_start",
+                 "_sections", "_section_floor", "_section_at", "_leading", "_head_start",
                  "_line_start", "_head_tail", "_bypass", "_failure", "_received", "_decoder")
 
     def __init__(self, limits: Limits | None = None):
@@ -139,7 +139,7 @@ class Requestant:
         self._line_bytes = 0    # request line so far: method, target, SP SP HTTP/x.y CRLF
         self._field_bytes = 0   # field lines of the current section, as reported
         self._sections = 0      # heads begun, to spot one spanning feeds
-        self._raw_bytes = 0     # lower bound of a section's bytes counted across feeds
+        self._section_floor = 0  # the least the callbacks will count for an open section
         self._section_at = _NAME  # where the open section's last byte fed lies
         self._leading = 0  # whitespace so far before the open section's last field value
         self._head_start: bytes | None = None  # bytes of a head whose method is unchecked
@@ -491,7 +491,7 @@ class Requestant:
         """Bound a head still open at the end of a feed.
 
         httptools buffers a field line until the line ends, so the callbacks alone cannot
-        see a never-ending one. `_raw_bytes` is a lower bound of what the callbacks will
+        see a never-ending one. `_section_floor` is a lower bound of what the callbacks will
         count for the section, from the bytes that certainly belong to it; the request line
         is left out, being limited on its own. `line_unsure`: the request line may have
         ended in this feed, so its fixed part (spaces, version, CRLF), counted when the head
@@ -499,22 +499,22 @@ class Requestant:
         """
         if begun == 0:  # the whole feed fell inside the section
             line_here = self._line_bytes - line_bytes + (_LINE_OVERHEAD if line_unsure else 0)
-            self._raw_bytes += self._section_bytes(data, max(0, line_here))
+            self._section_floor += self._section_bytes(data, max(0, line_here))
         elif begun == 1 and idle and self._phase == _HEAD:  # it began at the feed's start
             self._section_at = _NAME
             # Below zero while the request line is open: the part of its fixed end (counted
             # in _line_bytes) that has not come yet, which the next feed's line_here claims.
-            self._raw_bytes = (self._section_bytes(data, self._line_bytes)
+            self._section_floor = (self._section_bytes(data, self._line_bytes)
                                + min(0, len(data) - self._line_bytes))
         else:  # it began mid-feed, at an offset llhttp does not tell: trust the callbacks
-            self._raw_bytes = self._field_bytes
+            self._section_floor = self._field_bytes
             # The last line's state is unknown: take it as leading whitespace, which counts
             # the least of the next bytes (a lower bound stays one).
             self._section_at = _LEADING
             self._leading = 0
         # Less one byte: the feed may end with the CR of the blank line that closes the
         # section, which a complete section does not count.
-        if self._raw_bytes - 1 > self.limits.max_header_bytes:
+        if self._section_floor - 1 > self.limits.max_header_bytes:
             raise self._die(RequestError(431, "request header section too large"))
 
     def _section_bytes(self, data: bytes, start: int) -> int:
